@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# shape_nb: set up and run.
+#   ./run.sh          create .venv, install, run the demo on the embedded phantoms
+#   ./run.sh test     export/clean checks, notebook tests, pytest (ends with pytest's summary line)
+#   ./run.sh bench    TPS benchmark against kornia and torch-tps (prints a table, writes bench/results/)
+#   ./run.sh readme   regenerate README.md from nbs/index.ipynb
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+setup() {
+  local stamp="$VENV/.installed"
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$stamp" -nt setup.py ] && [ "$stamp" -nt settings.ini ]; then
+    return
+  fi
+  echo "== setting up $VENV (torch 2.13.0, then shape_nb[dev])"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+}
+
+check_unchanged() {  # $1: label, $2: folder, rest: command that may rewrite files in the folder
+  local label=$1 dir=$2; shift 2
+  local before after
+  before=$(mktemp -d)
+  cp -r "$dir" "$before/"
+  "$@" >/dev/null
+  if ! diff -r -q --exclude=__pycache__ "$before/$(basename "$dir")" "$dir" >/dev/null; then
+    echo "FAILED: $label changed files:"
+    diff -r -q --exclude=__pycache__ "$before/$(basename "$dir")" "$dir" || true
+    rm -rf "$before"
+    return 1
+  fi
+  rm -rf "$before"
+  echo "ok: $label leaves no diff"
+}
+
+cmd=${1:-demo}
+[ $# -gt 0 ] && shift
+setup
+export PATH="$PWD/$VENV/bin:$PATH"
+case "$cmd" in
+  demo)
+    shape_nb demo "$@"
+    ;;
+  test)
+    export MPLBACKEND=Agg PYTHONHASHSEED=0
+    check_unchanged "nbdev_export (notebooks and module in sync)" shape_nb nbdev_export
+    check_unchanged "nbdev_clean (notebooks clean)" nbs nbdev_clean
+    echo "== nbdev_test"
+    nbdev_test --n_workers 2 --timing
+    echo "== pytest"
+    python -m pytest tests/ "$@"
+    ;;
+  bench)
+    python bench/tps.py "$@"
+    ;;
+  readme)
+    python tests/test_readme.py --write
+    ;;
+  *)
+    echo "usage: ./run.sh [demo|test|bench|readme] [args...]" >&2
+    exit 2
+    ;;
+esac
