@@ -70,7 +70,151 @@ def run_phantoms(a, dev):
     return res, est
 
 
-EXPERIMENTS = dict(phantoms=run_phantoms)
+def blur(x, sigma):
+    "Gaussian blur (sigma in pixels) of (n, 1, *S) images: smoother images give the warp useful gradients."
+    if not sigma: return x
+    r = int(3 * sigma + 0.5)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2); k = k / k.sum()
+    d = x.ndim - 2
+    for ax in range(d):
+        shape = [1, 1] + [1] * d; shape[2 + ax] = -1
+        conv = torch.nn.functional.conv2d if d == 2 else torch.nn.functional.conv3d
+        pad = [0] * (2 * d); pad[2 * (d - 1 - ax)] = pad[2 * (d - 1 - ax) + 1] = r
+        x = conv(torch.nn.functional.pad(x, pad, mode="replicate"), k.reshape(shape))
+    return x
+
+
+def make_estimator(a, dev, d=2):
+    return LandmarkDiscovery(k=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
+                             lr=a.lr, noise_std=a.noise, device=str(dev), random_state=a.seed, progress=not a.no_progress,
+                             channels=(16, 32, 64, 128) if d == 2 else (8, 16, 32))
+
+
+def outline_experiment(a, dev, name, outlines, groups_by, lm_index=None, flip_y=False, per_shape="none"):
+    """Rasterise outlines, discover landmarks on the training split, evaluate on held-out images.
+
+    `lm_index`: vertices of the outlines that are true landmarks (predicted from the discovered ones by ridge
+    regression fitted on the training images; error on the test images, in pixels)."""
+    from sklearn.linear_model import RidgeCV
+    from shape_nb.data import fit_to_frame, rasterize_polygons, split_indices
+    from shape_nb.discovery import ShapeClusters
+    from shape_nb.metrics import clustering_scores
+    norm, _ = fit_to_frame(outlines, margin=0.15, per_shape=per_shape, flip_y=flip_y)
+    imgs = blur(rasterize_polygons(norm, a.size), a.blur)
+    n = len(imgs)
+    tr, _, te = split_indices(n, (0.8, 0.0, 0.2), seed=a.seed)
+    est = make_estimator(a, dev)
+    secs = fit_timed(est, imgs[tr])
+    err = est.registration_error(imgs[te], all_pairs(len(te))[:400])
+    est.compute_importance(imgs[tr], max_pairs=64)
+    lm_tr, lm_te = est.transform(imgs[tr]).double().numpy(), est.transform(imgs[te]).double().numpy()
+    half = a.size / 2
+    res = dict(experiment=name, n=n, n_train=len(tr), n_test=len(te), size=a.size, k=a.k, epochs=a.epochs, blur=a.blur,
+               train_seconds=secs, rel_reg_error_before=err["before"], rel_reg_error_after=err["after"],
+               importance=est.importance_.tolist(), clustering={})
+    if lm_index is not None:
+        Y = np.stack([np.asarray(o)[lm_index] for o in norm])                       # (n, L, 2) normalised
+        reg = RidgeCV(alphas=np.logspace(-6, 1, 15)).fit(lm_tr.reshape(len(tr), -1), Y[tr].reshape(len(tr), -1))
+        pred = reg.predict(lm_te.reshape(len(te), -1)).reshape(len(te), -1, 2)
+        err_px = np.linalg.norm(pred - Y[te], axis=-1) * half
+        base_px = np.linalg.norm(Y[tr].mean(0) - Y[te], axis=-1) * half
+        res.update(true_landmark_error_px=float(err_px.mean()), true_landmark_error_px_per_lm=err_px.mean(0).tolist(),
+                   mean_position_baseline_px=float(base_px.mean()))
+    full = np.stack([np.asarray(o) for o in norm]) if len({len(o) for o in norm}) == 1 else None
+    for label_name, labels in groups_by.items():
+        labels = np.asarray(labels)
+        k = len(np.unique(labels))
+        cl = ShapeClusters(k, scaling=False).fit(lm_tr)
+        ours = dict(train=clustering_scores(labels[tr], cl.labels_), test=clustering_scores(labels[te], cl.predict(lm_te)))
+        ref = None
+        if full is not None:   # the same clustering on the full outlines (a reference)
+            clo = ShapeClusters(k, scaling=False).fit(full[tr])
+            ref = dict(train=clustering_scores(labels[tr], clo.labels_), test=clustering_scores(labels[te], clo.predict(full[te])))
+        res["clustering"][label_name] = dict(landmarks=ours, outlines=ref)
+    print(f"{name}: {n} outlines rasterised to {a.size}x{a.size} (blur {a.blur} px), {len(tr)} train / {len(te)} test, "
+          f"K={a.k}, {a.epochs} epochs in {secs:.0f} s on {dev}")
+    print(f"  held-out relative registration error: before {err['before']:.4f}, after {err['after']:.4f}")
+    if lm_index is not None:
+        print(f"  true landmarks predicted from discovered ones (ridge on train, test error): {res['true_landmark_error_px']:.2f} px "
+              f"(train-mean baseline {res['mean_position_baseline_px']:.2f} px)")
+    for label_name, c in res["clustering"].items():
+        o = c["outlines"]
+        print(f"  spectral clustering vs {label_name}: ARI train {c['landmarks']['train']['ari']:.3f}, held-out "
+              f"{c['landmarks']['test']['ari']:.3f}" + (f"   (same on full outlines: {o['train']['ari']:.3f} / {o['test']['ari']:.3f})" if o else ""))
+    return res, est
+
+
+def run_mice(a, dev):
+    "Mouse T2 vertebrae: rigidly aligned (GPA without scaling keeps the size groups apart), rasterised."
+    from shape_nb.data import load_mice_vertebrae
+    from shape_nb.shape import GPA
+    d = load_mice_vertebrae()
+    aligned = GPA(scaling=False).fit(d["outlines"]).aligned_
+    return outline_experiment(a, dev, "mice vertebrae", aligned, {"group": d["groups"]}, lm_index=list(d["landmark_index"]))
+
+
+def run_cells(a, dev):
+    "Osteosarcoma cells: centred in their frames, one common scale, rasterised."
+    from shape_nb.data import load_osteosarcoma_cells
+    d = load_osteosarcoma_cells()
+    return outline_experiment(a, dev, "osteosarcoma cells", [np.asarray(c, dtype=float) for c in d["contours"]],
+                              {"cell line": d["cell_line"], "treatment": d["treatment"]}, flip_y=True, per_shape="center")
+
+
+def run_ct3d(a, dev):
+    """3D: (1) warped 3D phantoms with a deformed subgroup -> registration error and Z-scores; (2) TPS-warped copies
+    of the real head CT -> registration error."""
+    from shape_nb.phantoms import tps_phantoms_3d, tps_population
+    from shape_nb.discovery import shape_zscores
+    from shape_nb.metrics import abnormality_auc
+    from shape_nb.nets import grid_points
+    res = dict(experiment="3D", size=a.size, k=a.k, epochs=a.epochs)
+    S, n_tr = a.size, a.n_train
+    shift = torch.zeros(6, 3); shift[2, 2] = a.shift          # move one dark ellipsoid's end along z
+    normal, cp_n = tps_phantoms_3d(n_tr + 12, S, sigma=0.04, seed=a.seed)
+    deformed, cp_d = tps_phantoms_3d(12 + 12, S, sigma=0.04, shift=shift, seed=a.seed + 1)
+    train = torch.cat([normal[:n_tr], deformed[:12]])
+    test_n, test_d = normal[n_tr:], deformed[12:]
+    est = make_estimator(a, dev, d=3)
+    secs = fit_timed(est, train)
+    test = torch.cat([test_n, test_d])
+    err = est.registration_error(test, all_pairs(len(test))[:200])
+    lm_ref = est.transform(normal[:n_tr]); lm_test = est.transform(test)
+    z = shape_zscores(lm_ref, lm_test, n_components=0.9)
+    y = np.r_[np.zeros(len(test_n)), np.ones(len(test_d))]
+    z_true = shape_zscores(cp_n[:n_tr], torch.cat([cp_n[n_tr:], cp_d[12:]]), n_components=0.9)
+    res["phantom3d"] = dict(n_train=len(train), n_test=len(test), train_seconds=secs, rel_reg_error_before=err["before"],
+                            rel_reg_error_after=err["after"], z_normal=float(z[y == 0].mean()), z_deformed=float(z[y == 1].mean()),
+                            auc=abnormality_auc(z, y), z_true_cp_normal=float(z_true[y == 0].mean()),
+                            z_true_cp_deformed=float(z_true[y == 1].mean()), auc_true_cp=abnormality_auc(z_true, y))
+    r = res["phantom3d"]
+    print(f"3D phantoms {S}^3: {len(train)} train ({n_tr} normal + 12 deformed) / {len(test)} test, K={a.k}+8 corners, "
+          f"{a.epochs} epochs in {secs:.0f} s on {dev}")
+    print(f"  held-out relative registration error: before {r['rel_reg_error_before']:.4f}, after {r['rel_reg_error_after']:.4f}")
+    print(f"  Mahalanobis Z vs the normal training group: normal {r['z_normal']:.2f}, deformed {r['z_deformed']:.2f}, "
+          f"AUC {r['auc']:.3f}  (true control points: {r['z_true_cp_normal']:.2f} / {r['z_true_cp_deformed']:.2f}, AUC {r['auc_true_cp']:.3f})")
+    # the real head CT, downsampled, warped by random TPS perturbations of 8 interior control points
+    from shape_nb.io import read_image, resize_image, shared_data_dir
+    root = shared_data_dir()
+    if root is None or not (root / "head_ct").is_dir():
+        print("  head CT: ../shared/data/head_ct not found, skipped"); return res, est
+    ct = resize_image(read_image(root / "head_ct" / "cranium_ct.nrrd"), (S, S, S))
+    vol = torch.from_numpy(ct.array).clamp(-1000, 2000)[None, None].float()
+    vol = (vol + 1000) / 3000
+    cps = grid_points(8, 3, 0.45)
+    pop, _ = tps_population(vol, cps, n_tr + 12, sigma=0.05, seed=a.seed, padding_mode="border")
+    est2 = make_estimator(a, dev, d=3)
+    secs2 = fit_timed(est2, pop[:n_tr])
+    err2 = est2.registration_error(pop[n_tr:], all_pairs(12)[:132])
+    res["head_ct"] = dict(shape=[S] * 3, source_spacing_mm=list(ct.spacing), n_train=n_tr, n_test=12, train_seconds=secs2,
+                          rel_reg_error_before=err2["before"], rel_reg_error_after=err2["after"])
+    print(f"head CT resampled to {S}^3 ({ct.spacing[0]:.2f}x{ct.spacing[1]:.2f}x{ct.spacing[2]:.2f} mm), {n_tr} warped copies "
+          f"train / 12 test, {a.epochs} epochs in {secs2:.0f} s")
+    print(f"  held-out relative registration error: before {err2['before']:.4f}, after {err2['after']:.4f}")
+    return res, est2
+
+
+EXPERIMENTS = dict(phantoms=run_phantoms, mice=run_mice, cells=run_cells, ct3d=run_ct3d)
 
 
 def main():
@@ -92,11 +236,15 @@ def main():
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--blur", type=float, default=1.0, help="Gaussian blur (pixels) of rasterised outlines")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--shift", type=float, default=0.15, help="3D: displacement of one control point in the deformed subgroup")
     a = ap.parse_args()
-    defaults = dict(phantoms=(128, 26), mice=(128, 24), cells=(96, 24), ct3d=(64, 20))[a.experiment]
+    defaults = dict(phantoms=(128, 26), mice=(128, 24), cells=(96, 24), ct3d=(32, 16))[a.experiment]
     a.size = a.size or defaults[0]; a.k = a.k or defaults[1]
     if a.quick:
-        a.size, a.n_train, a.n_test, a.epochs, a.pairs_per_epoch, a.k = 32, 12, 4, 2, 16, min(a.k, 8)
+        a.size, a.n_train, a.n_test, a.epochs, a.pairs_per_epoch, a.k = (16 if a.experiment == "ct3d" else 32), 12, 4, 2, 16, min(a.k, 8)
+    if a.threads: torch.set_num_threads(a.threads)
     dev = get_device(a.device)
     seed_everything(a.seed)
     res, _ = EXPERIMENTS[a.experiment](a, dev)

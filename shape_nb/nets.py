@@ -17,7 +17,8 @@ from .core import check_shape
 __all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor']
 
 # %% auto #0
-__all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor']
+__all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor', 'xavier_init_', 'DeepSSMEncoder', 'PCADecoder',
+           'BaseDeepSSM', 'CorrespondenceAE', 'TLDeepSSM', 'UNet']
 
 # %% ../nbs/06_nets.ipynb #69b417df
 def _dims(spatial_dims):
@@ -36,7 +37,7 @@ def bn_nd(spatial_dims: int, *args, **kwargs) -> nn.Module:
     "`nn.BatchNorm2d` or `nn.BatchNorm3d`."
     return (nn.BatchNorm2d, nn.BatchNorm3d)[_dims(spatial_dims) - 2](*args, **kwargs)
 
-# %% ../nbs/06_nets.ipynb #a44050ec
+# %% ../nbs/06_nets.ipynb #29f1feba
 def grid_points(k: int, d: int = 2, extent: float = 0.8) -> torch.Tensor:
     "`k` well-spread points in [-extent, extent]^d: the first k of a near-square (cube) grid, (k, d) in (x, y[, z])."
     n = math.ceil(k ** (1 / d) - 1e-9)
@@ -70,7 +71,7 @@ class LandmarkRegressor(nn.Module):
                 if batch_norm: layers += [bn_nd(spatial_dims, co)]
                 layers += [nn.ReLU(inplace=True)]
                 c = co
-            layers += [pool_nd(spatial_dims, 2)]
+            layers += [pool_nd(spatial_dims, 2, ceil_mode=True)]   # ceil: small inputs keep >= 1 voxel
         self.features = nn.Sequential(*layers)
         self.pool = (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial_dims - 2](pool_to)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * pool_to ** spatial_dims, hidden), nn.ReLU(inplace=True),
@@ -86,3 +87,219 @@ class LandmarkRegressor(nn.Module):
                              f"image batch, got shape {tuple(x.shape)}")
         h = self.pool(self.features(x))
         return torch.tanh(self.head(h)).reshape(x.shape[0], self.n_landmarks, self.spatial_dims)
+
+# %% ../nbs/06_nets.ipynb #ca9e04b4
+def xavier_init_(module: nn.Module,  # initialised in place
+                ) -> nn.Module:      # the same module
+    "Xavier-normal weights and zero biases for every convolution and linear layer of `module`."
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None: nn.init.zeros_(m.bias)
+    return module
+
+def _check_images_in(x, spatial_dims, in_channels, who):
+    if x.ndim != spatial_dims + 2 or x.shape[1] != in_channels:
+        sp = "D, H, W" if spatial_dims == 3 else "H, W"
+        raise ValueError(f"{who}({spatial_dims}D): expected an image batch (B, {in_channels}, {sp}), got shape {tuple(x.shape)}")
+
+class DeepSSMEncoder(nn.Module):
+    "DeepSSM image encoder: 5 convolutions (BatchNorm, PReLU; max pool after the 1st, 3rd, 5th), adaptive pool, FC 384-96-`n_out`."
+    def __init__(self,
+                 n_out: int,                                    # outputs: PCA modes (Base) or latent size (TL)
+                 spatial_dims: int = 3,                         # 2 or 3
+                 in_channels: int = 1,
+                 channels: Sequence[int] = (12, 24, 48, 96, 192),  # one convolution each
+                 kernel_size: int = 5,                          # odd; padded to keep the size
+                 fc: Sequence[int] = (384, 96),                 # hidden fully connected widths
+                 pool_to: int = 3,                              # adaptive average pooling size before the FC layers
+                 pool_after: Sequence[int] = (0, 2, 4),         # max pool after these convolutions (0-based)
+                ):
+        super().__init__()
+        if kernel_size % 2 != 1: raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        if n_out < 1: raise ValueError(f"n_out must be >= 1, got {n_out}")
+        self.spatial_dims, self.in_channels, self.n_out = _dims(spatial_dims), in_channels, n_out
+        layers, c = [], in_channels
+        for i, co in enumerate(channels):
+            layers += [conv_nd(spatial_dims, c, co, kernel_size, padding=kernel_size // 2),
+                       bn_nd(spatial_dims, co), nn.PReLU()]
+            if i in pool_after: layers += [pool_nd(spatial_dims, 2, ceil_mode=True)]
+            c = co
+        self.features = nn.Sequential(*layers)
+        self.pool = (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial_dims - 2](pool_to)
+        head, f = [nn.Flatten()], c * pool_to ** spatial_dims
+        for h in fc:
+            head += [nn.Linear(f, h), nn.PReLU()]
+            f = h
+        head += [nn.Linear(f, n_out)]
+        self.head = nn.Sequential(*head)
+        xavier_init_(self)
+
+    def forward(self, x):  # (B, C, *spatial) -> (B, n_out)
+        _check_images_in(x, self.spatial_dims, self.in_channels, "DeepSSMEncoder")
+        return self.head(self.pool(self.features(x)))
+
+# %% ../nbs/06_nets.ipynb #3392590a
+class PCADecoder(nn.Module):
+    "Fixed linear layer: whitened PCA scores (B, L) -> correspondences (B, M, d) = mean + (scores * scale) @ basis."
+    def __init__(self,
+                 basis,                # (L, M*d) PCA modes as rows (`ShapePCA.components_`)
+                 mean,                 # (M, d) mean shape (`ShapePCA.mean_`)
+                 scale=None,           # (L,) per-mode factor (`ShapePCA.std_`: scores are whitened); None: ones
+                 dtype=None,           # buffer dtype (default: torch's default dtype); `.to()` converts later
+                ):
+        super().__init__()
+        dt = dtype or torch.get_default_dtype()
+        basis = torch.as_tensor(basis, dtype=dt)
+        mean = torch.as_tensor(mean, dtype=dt)
+        L = check_shape(basis, "L F", "basis")["L"]
+        M, d = check_shape(mean, "M d", "mean", d=(2, 3)).values()
+        if basis.shape[1] != M * d:
+            raise ValueError(f"basis has {basis.shape[1]} columns but the mean shape has M*d = {M}*{d} = {M * d} coordinates")
+        scale = torch.ones(L, dtype=dt) if scale is None else torch.as_tensor(scale, dtype=dt).reshape(-1)
+        if scale.shape != (L,): raise ValueError(f"scale: expected {L} values (one per mode), got shape {tuple(scale.shape)}")
+        self.n_points, self.dim = M, d
+        self.register_buffer("basis", basis.clone())
+        self.register_buffer("mean", mean.reshape(-1).clone())
+        self.register_buffer("scale", scale.clone())
+
+    def forward(self, z):  # (B, L) whitened scores -> (B, M, d)
+        check_shape(z, "B L", "scores", L=self.basis.shape[0])
+        return torch.addmm(self.mean, z * self.scale, self.basis).reshape(z.shape[0], self.n_points, self.dim)
+
+class BaseDeepSSM(nn.Module):
+    "Base-DeepSSM: `DeepSSMEncoder` to whitened PCA scores, then the fixed `PCADecoder`; forward returns (scores, points)."
+    def __init__(self,
+                 basis,                # (L, M*d) PCA modes
+                 mean,                 # (M, d) mean shape
+                 scale=None,           # (L,) mode standard deviations (whitening)
+                 spatial_dims: int = 3,
+                 **encoder_kw,         # `DeepSSMEncoder` options (channels, kernel_size, fc, pool_to, in_channels)
+                ):
+        super().__init__()
+        self.decoder = PCADecoder(basis, mean, scale)
+        if self.decoder.dim != spatial_dims:
+            raise ValueError(f"the shape has {self.decoder.dim}D points but spatial_dims = {spatial_dims}")
+        self.encoder = DeepSSMEncoder(self.decoder.basis.shape[0], spatial_dims, **encoder_kw)
+
+    def forward(self, x):  # (B, C, *spatial) -> ((B, L) whitened scores, (B, M, d) points)
+        z = self.encoder(x)
+        return z, self.decoder(z)
+
+# %% ../nbs/06_nets.ipynb #04f770ff
+class CorrespondenceAE(nn.Module):
+    "Correspondence autoencoder (B, M, d) -> (B, latent) -> (B, M, d): fully connected layers with leaky ReLU."
+    def __init__(self,
+                 n_points: int,                     # M
+                 dim: int = 3,                      # d
+                 latent: int = 64,                  # bottleneck size
+                 hidden: Sequence[int] = (1024, 512),  # encoder widths (the decoder mirrors them)
+                 negative_slope: float = 0.01,      # leaky ReLU slope
+                 center=None,                       # (M, d) subtracted before encoding (e.g. the mean shape); None: zeros
+                 scale: float = 1.0,                # inputs are divided by it (e.g. the std of the coordinates)
+                ):
+        super().__init__()
+        if not scale > 0: raise ValueError(f"scale must be > 0, got {scale}")
+        self.n_points, self.dim, self.latent = n_points, dim, latent
+        dt = torch.get_default_dtype()
+        c = torch.zeros(n_points, dim, dtype=dt) if center is None else torch.as_tensor(center, dtype=dt)
+        check_shape(c, "M d", "center", M=n_points, d=dim)
+        self.register_buffer("center", c.clone())
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=dt))
+        act = lambda: nn.LeakyReLU(negative_slope)
+        enc, f = [], n_points * dim
+        for h in hidden: enc += [nn.Linear(f, h), act()]; f = h
+        self.encoder = nn.Sequential(*enc, nn.Linear(f, latent))
+        dec, f = [], latent
+        for h in reversed(tuple(hidden)): dec += [nn.Linear(f, h), act()]; f = h
+        self.decoder = nn.Sequential(*dec, nn.Linear(f, n_points * dim))
+        xavier_init_(self)
+
+    def encode(self, points):  # (B, M, d) -> (B, latent)
+        "Latent code of correspondences."
+        check_shape(points, "B M d", "points", M=self.n_points, d=self.dim)
+        return self.encoder(((points - self.center) / self.scale).flatten(1))
+
+    def decode(self, z):  # (B, latent) -> (B, M, d)
+        "Correspondences from latent codes."
+        check_shape(z, "B L", "latent", L=self.latent)
+        return self.decoder(z).reshape(-1, self.n_points, self.dim) * self.scale + self.center
+
+    def forward(self, points):  # -> ((B, M, d) reconstruction, (B, latent) code)
+        z = self.encode(points)
+        return self.decode(z), z
+
+class TLDeepSSM(nn.Module):
+    "TL-DeepSSM: a `CorrespondenceAE` (`ae`) and a T-flank `DeepSSMEncoder` (`tflank`) to its latent; forward: image -> (latent, points)."
+    def __init__(self,
+                 n_points: int,                     # M
+                 latent: int = 64,                  # bottleneck size
+                 spatial_dims: int = 3,             # image (and point) dimension
+                 hidden: Sequence[int] = (1024, 512),  # autoencoder widths
+                 negative_slope: float = 0.01,
+                 center=None,                       # autoencoder input centre (M, d)
+                 scale: float = 1.0,                # autoencoder input scale
+                 **encoder_kw,                      # `DeepSSMEncoder` options
+                ):
+        super().__init__()
+        self.ae = CorrespondenceAE(n_points, spatial_dims, latent, hidden, negative_slope, center, scale)
+        self.tflank = DeepSSMEncoder(latent, spatial_dims, **encoder_kw)
+
+    def forward(self, x):  # (B, C, *spatial) -> ((B, latent), (B, M, d))
+        z = self.tflank(x)
+        return z, self.ae.decode(z)
+
+# %% ../nbs/06_nets.ipynb #802ad979
+def _block(spatial_dims, ci, co, batch_norm):
+    "Two 3x3(x3) convolutions, each followed by batch norm (optional) and ReLU."
+    layers = []
+    for c in (ci, co):
+        layers += [conv_nd(spatial_dims, c, co, 3, padding=1, bias=not batch_norm)]
+        if batch_norm: layers += [bn_nd(spatial_dims, co)]
+        layers += [nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+class UNet(nn.Module):
+    "U-Net image -> `out_channels` heatmaps at the input resolution (sigmoid); `spatial_dims` 2 or 3, any image size."
+    def __init__(self,
+                 out_channels: int,                      # number of heatmaps, e.g. one per landmark
+                 spatial_dims: int = 2,                  # 2 or 3
+                 in_channels: int = 1,
+                 channels: Sequence[int] = (16, 32, 64, 128),  # widths of the encoder levels (len - 1 poolings)
+                 batch_norm: bool = True,
+                 activation: str | None = "sigmoid",     # output activation: 'sigmoid' or None (logits)
+                 out_bias: float = 0.0,                  # initial bias of the output convolution
+                ):
+        super().__init__()
+        if activation not in ("sigmoid", None): raise ValueError(f"activation must be 'sigmoid' or None, got {activation!r}")
+        if out_channels < 1: raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+        if len(channels) < 1: raise ValueError("channels must list at least one width")
+        self.spatial_dims, self.out_channels, self.activation = _dims(spatial_dims), out_channels, activation
+        ch = tuple(int(c) for c in channels)
+        self.down = nn.ModuleList(_block(spatial_dims, ci, co, batch_norm) for ci, co in zip((in_channels,) + ch[:-1], ch))
+        self.pool = pool_nd(spatial_dims, 2)
+        self.up = nn.ModuleList(_block(spatial_dims, ch[i + 1] + ch[i], ch[i], batch_norm) for i in range(len(ch) - 1))
+        self.head = conv_nd(spatial_dims, ch[0], out_channels, 1)
+        with torch.no_grad(): self.head.bias.fill_(out_bias)
+        self.min_size = 2 ** (len(ch) - 1)
+        self.arch = dict(out_channels=out_channels, spatial_dims=spatial_dims, in_channels=in_channels, channels=list(ch),
+                         batch_norm=batch_norm, activation=activation, out_bias=float(out_bias))   # to rebuild it from a checkpoint
+
+    def forward(self, x):  # (B, C, *spatial) -> (B, out_channels, *spatial)
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"UNet({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
+                             f"image batch, got shape {tuple(x.shape)}")
+        if min(x.shape[2:]) < self.min_size:
+            raise ValueError(f"UNet with {len(self.down)} levels needs images of at least {self.min_size} pixels per axis, "
+                             f"got spatial shape {tuple(x.shape[2:])}; use fewer channels (levels) or larger images")
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else self.pool(x))
+            skips.append(x)
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        for i in reversed(range(len(self.up))):
+            s = skips[i]
+            x = F.interpolate(x, size=s.shape[2:], mode=mode, align_corners=False)
+            x = self.up[i](torch.cat([x, s], 1))
+        x = self.head(x)
+        return torch.sigmoid(x) if self.activation == "sigmoid" else x
