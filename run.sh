@@ -50,7 +50,7 @@ case "$cmd" in
     check_unchanged "nbdev_export (notebooks and module in sync)" shape_nb nbdev_export
     check_unchanged "nbdev_clean (notebooks clean)" nbs nbdev_clean
     echo "== nbdev_test"
-    nbdev_test --n_workers 2 --timing
+    SHAPE_NB_QUICK=1 nbdev_test --n_workers 2 --timing   # tutorials run their tiny version under test
     echo "== pytest"
     python -m pytest tests/ "$@"
     ;;

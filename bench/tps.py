@@ -58,10 +58,11 @@ def grid_error(warp, B, shape, device, ref_grid):
     return float((got.double() - ref_grid)[ok].abs().max())
 
 
-def kornia_warp(img, src, dst):
+def kornia_warp(img, src, dst, centers="src"):
+    "kornia as documented (kernel centres = src), or with the centres of its own fit (dst: the textbook TPS)."
     from kornia.geometry.transform import get_tps_transform, warp_image_tps
     kw, aw = get_tps_transform(dst, src)
-    return warp_image_tps(img, src, kw, aw, align_corners=False, padding_mode="border")
+    return warp_image_tps(img, src if centers == "src" else dst, kw, aw, align_corners=False, padding_mode="border")
 
 
 def torch_tps_warp(img, src, dst):
@@ -95,6 +96,7 @@ def run_case(name, B, shape, K, device, repeats):
         "shape_nb fit+warp, field 1/2": lambda im=img: tps_warp_image(im, src, dst, field_shape=[s // 2 for s in shape]),
         "shape_nb, no input checks": lambda im=img: tps_warp_image(im, src, dst, validate=False),
         "kornia fit+warp": (lambda im=img: kornia_warp(im, src, dst)) if d == 2 else None,
+        "kornia, centres = its fit's (textbook)": (lambda im=img: kornia_warp(im, src, dst, "dst")) if d == 2 else None,
         "torch-tps fit+transform+grid_sample": lambda im=img: torch_tps_warp(im, src, dst),
         "grid_sample on a ready grid (floor)": lambda im=img: F.grid_sample(im, ready if im.shape[1] == 1 else ready, align_corners=False, padding_mode="border"),
     }
