@@ -97,7 +97,7 @@ def relative_registration_error(target: torch.Tensor, registered: torch.Tensor) 
     "||I_T - I_R||^2 / ||I_T||^2 per pair (B,): the paper's registration error."
     return (target - registered).flatten(1).pow(2).sum(1) / target.flatten(1).pow(2).sum(1).clamp_min(1e-12)
 
-# %% ../nbs/10_discovery.ipynb #78547b91
+# %% ../nbs/10_discovery.ipynb #7b4d6d1b
 def _as_images(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.ndim == 3: x = x[:, None]   # (n, H, W): add the channel axis
@@ -121,6 +121,7 @@ class LandmarkDiscovery:
                  epochs: int = 30,
                  lr: float = 1e-3,
                  weight_decay: float = 0.0,
+                 grad_clip="auto",             # gradient-norm clipping: 'auto' (3x running median), a number, or None
                  batch_size: int = 8,          # pairs per step
                  pairs: str = "auto",          # 'all', 'random' or 'auto' (all when n(n-1) <= pairs_per_epoch)
                  pairs_per_epoch: int = 512,
@@ -131,12 +132,12 @@ class LandmarkDiscovery:
                  random_state: int = 0,
                  progress: bool = True):
         self.k, self.lam, self.match, self.fixed, self.noise_std = k, lam, match, fixed, noise_std
-        self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size
+        self.epochs, self.lr, self.weight_decay, self.batch_size, self.grad_clip = epochs, lr, weight_decay, batch_size, grad_clip
         self.pairs, self.pairs_per_epoch, self.channels, self.val_fraction = pairs, pairs_per_epoch, tuple(channels), val_fraction
         self.patience, self.device, self.random_state, self.progress = patience, device, random_state, progress
 
     def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in ("k lam match fixed noise_std epochs lr weight_decay batch_size pairs "
+        return {k: getattr(self, k) for k in ("k lam match fixed noise_std epochs lr weight_decay grad_clip batch_size pairs "
                                               "pairs_per_epoch channels val_fraction patience device random_state progress").split()}
 
     # -- training ------------------------------------------------------------------------------------
@@ -170,13 +171,16 @@ class LandmarkDiscovery:
         fx = fixed_points(self.fixed, d, pool.dtype, dev)
         self.model_ = LandmarkRegressor(self.k, d, channels=self.channels).to(dev)
         noise, lam, match = self.noise_std, self.lam, self.match
+        n_pix = float(np.prod(x.shape[2:]))
 
         def step(model, pairs):
             s, t = pool[pairs[:, 0]], pool[pairs[:, 1]]
             inp = torch.cat([s, t])
             if model.training and noise > 0: inp = inp + noise * torch.randn_like(inp)
             ls, lt = model(inp).split(len(pairs))
-            return discovery_loss(s, t, ls, lt, lam, fx, match)
+            loss, parts = discovery_loss(s, t, ls, lt, lam, fx, match)
+            # optimise per pixel: the same objective (Adam is blind to the scale), with well-scaled numbers
+            return loss / n_pix, parts
 
         sampler = PairSampler(nt, max_all=nt if all_ok else 1, pairs_per_epoch=self.pairs_per_epoch, random_state=self.random_state)
         train_b = lambda e: list(torch.as_tensor(tr_idx)[sampler.pairs(e)].split(self.batch_size))
@@ -184,7 +188,7 @@ class LandmarkDiscovery:
         if va_idx is not None and len(va_idx) >= 2:
             vp = torch.as_tensor(va_idx)[all_pairs(len(va_idx))][:max(self.batch_size, 64)]
             val_b = list(vp.split(self.batch_size))
-        cfg = TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
+        cfg = TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience, grad_clip=self.grad_clip,
                           device=str(dev), seed=self.random_state, progress=self.progress)
         self.history_ = fit(self.model_, step, train_b, val_b, cfg)
         self.d_ = d
