@@ -4,6 +4,7 @@
 #   ./run.sh test     export/clean checks, notebook tests, pytest (ends with pytest's summary line)
 #   ./run.sh bench    TPS benchmark against kornia and torch-tps (prints a table, writes bench/results/)
 #   ./run.sh readme   regenerate README.md from nbs/index.ipynb
+#   ./run.sh docs     build the documentation site offline into _docs/html (Sphinx + myst-nb over nbs/)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -11,6 +12,7 @@ VENV=${VENV:-.venv}
 
 setup() {
   local stamp="$VENV/.installed"
+  if [ "$cmd" = test ]; then ensure_chromium; fi   # the browser tests (tests/test_browser.py, tests/test_docs.py)
   if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$stamp" -nt setup.py ] && [ "$stamp" -nt settings.ini ]; then
     return
   fi
@@ -19,6 +21,18 @@ setup() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
+}
+
+ensure_chromium() {  # Debian's chromium for the headless browser tests (playwright drives it; no browser download)
+  if [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium (apt-get) for the browser tests"
+    if apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; then return; fi
+    echo "warning: apt-get could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "note: no chromium found, the browser tests will be skipped; install it with 'sudo apt-get install chromium'" \
+         "(or set CHROMIUM=/path/to/chromium)" >&2
+  fi
 }
 
 check_unchanged() {  # $1: label, $2: folder, rest: command that may rewrite files in the folder
@@ -60,8 +74,11 @@ case "$cmd" in
   readme)
     python tests/test_readme.py --write
     ;;
+  docs)
+    python nbs/_sphinx/build.py --jobs 2 "$@"
+    ;;
   *)
-    echo "usage: ./run.sh [demo|test|bench|readme] [args...]" >&2
+    echo "usage: ./run.sh [demo|test|bench|readme|docs] [args...]" >&2
     exit 2
     ;;
 esac

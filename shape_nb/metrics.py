@@ -11,8 +11,183 @@ import torch
 from .core import check_shape
 
 # %% auto #0
-__all__ = ['radial_errors', 'mean_radial_error', 'success_detection_rate', 'detection_report', 'clustering_scores',
-           'abnormality_auc']
+__all__ = ['correspondence_rmse', 'PointwiseError', 'pointwise_error', 'point_triangle_distance', 'point_to_mesh_distance',
+           'sample_surface', 'SurfaceDistance', 'surface_distance', 'mesh_from_points', 'radial_errors',
+           'mean_radial_error', 'success_detection_rate', 'detection_report', 'clustering_scores', 'abnormality_auc']
+
+# %% ../nbs/40_metrics.ipynb #23958237
+from typing import NamedTuple
+
+def _np_points(x, name):
+    a = x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
+    if a.ndim == 2: a = a[None]
+    check_shape(a, "n M d", name, d=(2, 3))
+    return a
+
+def _errors(pred, true, spacing):
+    "(n, M) Euclidean errors, scaled per coordinate by `spacing`."
+    P, T = _np_points(pred, "pred"), _np_points(true, "true")
+    dims = check_shape(T, "n M d", "true", n=P.shape[0], M=P.shape[1], d=P.shape[2])
+    diff = P - T
+    if spacing is not None:
+        sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (dims["d"],))
+        diff = diff * sp
+    return np.sqrt((diff ** 2).sum(-1))
+
+def correspondence_rmse(pred,               # (n, M, d) or (M, d) predicted correspondences
+                        true,               # same shape, ground truth
+                        spacing=None,       # (d,) voxel size (x, y[, z]) when the points are voxel indices; None: physical units
+                       ) -> np.ndarray:     # (n,) RMSE per shape
+    "DeepSSM eq. 12 per shape: root of the mean over points of the squared Euclidean error (mean over shapes for the set)."
+    return np.sqrt((_errors(pred, true, spacing) ** 2).mean(1))
+
+class PointwiseError(NamedTuple):
+    "Per-correspondence error statistics over a set of shapes."
+    mean: np.ndarray  # (M,) mean Euclidean error of each point
+    std: np.ndarray   # (M,) its standard deviation over shapes (divisor n)
+    rmse: np.ndarray  # (M,) root mean squared error of each point
+
+def pointwise_error(pred, true,           # (n, M, d) predicted and true correspondences
+                    spacing=None,         # as in `correspondence_rmse`
+                   ) -> PointwiseError:
+    "Mean, standard deviation and RMSE of each correspondence's Euclidean error over a test set."
+    e = _errors(pred, true, spacing)
+    return PointwiseError(e.mean(0), e.std(0), np.sqrt((e ** 2).mean(0)))
+
+# %% ../nbs/40_metrics.ipynb #e64bfd4e
+def point_triangle_distance(p, a, b, c,  # (P, 3) points and the corners of one triangle per point
+                           ) -> np.ndarray:  # (P,) Euclidean distances
+    "Exact distance from each point to its triangle (closest point by Voronoi regions; degenerate triangles allowed)."
+    p, a, b, c = (np.asarray(v, dtype=np.float64) for v in (p, a, b, c))
+    dot = lambda u, v: np.einsum("ij,ij->i", u, v)
+    ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
+    d1, d2, d3, d4, d5, d6 = dot(ab, ap), dot(ac, ap), dot(ab, bp), dot(ac, bp), dot(ab, cp), dot(ac, cp)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = va + vb + vc
+        q = a + ab * (vb / den)[:, None] + ac * (vc / den)[:, None]                      # inside the face
+        w = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        q = np.where(((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0))[:, None], b + (c - b) * w[:, None], q)  # edge BC
+        w = d2 / (d2 - d6)
+        q = np.where(((vb <= 0) & (d2 >= 0) & (d6 <= 0))[:, None], a + ac * w[:, None], q)   # edge AC
+        q = np.where(((d6 >= 0) & (d5 <= d6))[:, None], c, q)                               # corner C
+        v = d1 / (d1 - d3)
+        q = np.where(((vc <= 0) & (d1 >= 0) & (d3 <= 0))[:, None], a + ab * v[:, None], q)   # edge AB
+        q = np.where(((d3 >= 0) & (d4 <= d3))[:, None], b, q)                               # corner B
+        q = np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, q)                                # corner A
+    dist = np.sqrt(((p - q) ** 2).sum(1))
+    bad = ~np.isfinite(dist)
+    if bad.any():   # degenerate (zero-area) triangles left unresolved: distance to their three edges
+        i = np.flatnonzero(bad)
+        seg = lambda u, v: _point_segment(p[i], u[i], v[i])
+        dist[i] = np.minimum(np.minimum(seg(a, b), seg(b, c)), seg(a, c))
+    return dist
+
+def _point_segment(p, u, v):
+    d = v - u
+    t = np.clip(np.einsum("ij,ij->i", p - u, d) / np.maximum(np.einsum("ij,ij->i", d, d), 1e-300), 0, 1)
+    return np.sqrt(((p - u - d * t[:, None]) ** 2).sum(1))
+
+def _mesh(vertices, faces, name):
+    V = vertices.detach().cpu().double().numpy() if torch.is_tensor(vertices) else np.asarray(vertices, dtype=np.float64)
+    Fc = faces.detach().cpu().numpy() if torch.is_tensor(faces) else np.asarray(faces)
+    check_shape(V, "V 3", f"{name} vertices"); check_shape(Fc, "F 3", f"{name} faces")
+    if len(Fc) == 0: raise ValueError(f"{name}: the mesh has no faces")
+    if not np.issubdtype(Fc.dtype, np.integer): raise ValueError(f"{name} faces must be integer vertex indices, got {Fc.dtype}")
+    if Fc.min() < 0 or Fc.max() >= len(V):
+        raise ValueError(f"{name} faces index vertices 0..{len(V) - 1}, got indices {Fc.min()}..{Fc.max()}")
+    if not np.isfinite(V).all(): raise ValueError(f"{name} vertices contain NaN or Inf")
+    return V, Fc.astype(np.int64)
+
+def point_to_mesh_distance(points,              # (P, 3) query points
+                           vertices, faces,     # the mesh: (V, 3) and (F, 3) integer indices
+                           chunk: int = 4096,   # queries per batch (memory)
+                          ) -> np.ndarray:      # (P,) exact distances to the surface
+    "Exact distance from each point to a triangle mesh (KD-tree over centroids prunes the triangles tested)."
+    from scipy.spatial import cKDTree
+    V, Fc = _mesh(vertices, faces, "mesh")
+    Q = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    tri = V[Fc]                                        # (F, 3, 3)
+    cen = tri.mean(1)
+    rmax = np.sqrt(((tri - cen[:, None]) ** 2).sum(-1)).max()
+    tree = cKDTree(cen)
+    k = min(8, len(Fc))
+    out = np.empty(len(Q))
+    for s in range(0, len(Q), chunk):
+        q = Q[s:s + chunk]
+        _, nn_idx = tree.query(q, k=k)
+        nn_idx = nn_idx.reshape(len(q), k)
+        qi = np.repeat(np.arange(len(q)), k)
+        t = nn_idx.reshape(-1)
+        d0 = point_triangle_distance(q[qi], tri[t, 0], tri[t, 1], tri[t, 2]).reshape(len(q), k).min(1)
+        cand = tree.query_ball_point(q, d0 + rmax + 1e-12, return_sorted=False)
+        lens = np.fromiter((len(c) for c in cand), dtype=np.int64, count=len(cand))
+        qi = np.repeat(np.arange(len(q)), lens)
+        t = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand])
+        d = point_triangle_distance(q[qi], tri[t, 0], tri[t, 1], tri[t, 2])
+        best = np.full(len(q), np.inf)
+        np.minimum.at(best, qi, d)
+        out[s:s + chunk] = np.minimum(best, d0)
+    return out
+
+def sample_surface(vertices, faces,           # (V, 3), (F, 3)
+                   n: int,                    # number of random points
+                   random_state=None,         # seed or numpy Generator
+                  ) -> np.ndarray:            # (n, 3) points uniformly distributed over the surface area
+    "Area-weighted uniform random points on a triangle mesh."
+    V, Fc = _mesh(vertices, faces, "mesh")
+    rng = np.random.default_rng(random_state)
+    tri = V[Fc]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    if not area.sum() > 0: raise ValueError("mesh: all triangles have zero area")
+    f = rng.choice(len(Fc), size=n, p=area / area.sum())
+    u, v = rng.random(n), rng.random(n)
+    flip = u + v > 1
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    t = tri[f]
+    return t[:, 0] + (t[:, 1] - t[:, 0]) * u[:, None] + (t[:, 2] - t[:, 0]) * v[:, None]
+
+class SurfaceDistance(NamedTuple):
+    "Surface-to-surface distances between a predicted and a true mesh (units of the vertices)."
+    mean: float            # symmetric mean: (pred_to_true + true_to_pred) / 2
+    hausdorff: float       # largest sample distance in either direction
+    pred_to_true: float    # mean distance of the predicted surface's samples to the true surface
+    true_to_pred: float    # mean distance of the true surface's samples to the predicted surface
+
+def surface_distance(pred_vertices,            # (V, 3) predicted mesh vertices
+                     pred_faces,               # (F, 3) its faces (e.g. the reference mesh's faces)
+                     true_vertices,            # (V', 3) true surface vertices
+                     true_faces=None,          # (F', 3); None: the same faces as the prediction
+                     n_samples: int = 20000,   # random surface points per mesh (plus its used vertices)
+                     random_state=0,           # seed for the sampling
+                    ) -> SurfaceDistance:
+    "Symmetric mean and Hausdorff surface distance between two triangle meshes, by dense sampling and exact point-to-mesh distances."
+    A, FA = _mesh(pred_vertices, pred_faces, "pred")
+    B, FB = _mesh(true_vertices, FA if true_faces is None else true_faces, "true")
+    rng = np.random.default_rng(random_state)
+    samples = lambda V, Fc: np.concatenate([V[np.unique(Fc)], sample_surface(V, Fc, n_samples, rng)])
+    dab = point_to_mesh_distance(samples(A, FA), B, FB)
+    dba = point_to_mesh_distance(samples(B, FB), A, FA)
+    return SurfaceDistance(float((dab.mean() + dba.mean()) / 2), float(max(dab.max(), dba.max())),
+                           float(dab.mean()), float(dba.mean()))
+
+def mesh_from_points(points,              # (M, d) or (n, M, d) predicted correspondences
+                     template_points,     # (M, d) the template's correspondences
+                     template_vertices,   # (V, d) the template mesh's vertices
+                     reg: float = 0.0,    # TPS regularisation
+                    ) -> np.ndarray:      # (V, d) or (n, V, d) warped vertices (use the template's faces)
+    "Mesh vertices for predicted correspondences: TPS-warp a template mesh from its correspondences to the predicted ones."
+    from shape_nb.tps import tps_fit, tps_apply
+    P = torch.as_tensor(np.array(points.detach().cpu() if torch.is_tensor(points) else points, dtype=np.float64))
+    single = P.ndim == 2
+    if single: P = P[None]
+    T = torch.as_tensor(np.array(template_points, dtype=np.float64))
+    Vt = torch.as_tensor(np.array(template_vertices, dtype=np.float64))
+    d = check_shape(P, "n M d", "points", d=(2, 3))["d"]
+    check_shape(T, "M d", "template_points", M=P.shape[1], d=d)
+    check_shape(Vt, "V d", "template_vertices", d=d)
+    out = tps_apply(tps_fit(T.expand(len(P), -1, -1), P, reg=reg), Vt[None]).numpy()
+    return out[0] if single else out
 
 # %% ../nbs/40_metrics.ipynb #99830621
 def _np_points(x, name):
