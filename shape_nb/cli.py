@@ -147,7 +147,27 @@ def discovery_demo(n: int = 48, size: int = 64, k: int = 16, keep: int = 8, epoc
     print(f"generating control points to the nearest of the {keep} kept landmarks: {dist:.2f} px on average")
     return s
 
-# %% ../nbs/60_cli.ipynb #90edee6a
+# %% ../nbs/60_cli.ipynb #4584e891
+def _semisup_train(a):
+    from shape_nb.semisup import train_from_folders
+    prepare_out(a.out, a.overwrite)
+    params = dict(rounds=a.rounds, random_state=a.seed, device=a.device)
+    for k in ("epochs_pretrain", "epochs_round", "epochs_finetune"):
+        if getattr(a, k) is not None: params[k] = getattr(a, k)
+    if a.supervised_only: params.update(self_training=False)
+    s = train_from_folders(a.labelled, a.labels or a.labelled, a.unlabelled, a.out, size=a.size,
+                           on_bad_labels="skip" if a.skip_bad_labels else "error", **params)
+    print(f"wrote {a.out}: " + ", ".join(sorted(p.name for p in Path(a.out).iterdir())))
+    return s
+
+def _semisup_predict(a):
+    from shape_nb.semisup import predict_folder
+    prepare_out(a.out, a.overwrite)
+    s = predict_folder(a.checkpoint, a.images, a.out, labelme=a.labelme, device=a.device)
+    print(f"wrote {a.out}: " + ", ".join(sorted(p.name for p in Path(a.out).iterdir())))
+    return s
+
+# %% ../nbs/60_cli.ipynb #4655ef0d
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shape_nb", description="Statistical shape analysis straight from images.")
     p.add_argument("--version", action="version", version=f"shape_nb {shape_nb.__version__}")
@@ -185,6 +205,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     c.set_defaults(func=lambda a: discover(a.images, a.k, a.epochs, a.out, a.resize, a.keep, a.lam, a.batch_size,
                                            a.lr, a.device, a.seed, a.overwrite))
+    ss = sub.add_parser("semisup", help="semi-supervised landmark detection (shape-regulated self-training)")
+    ssub = ss.add_subparsers(dest="semisup_command", metavar="train|predict", required=True)
+    t = ssub.add_parser("train", help="train on labelled (LabelMe) + unlabelled image folders")
+    t.add_argument("--labelled", required=True, help="folder or glob of labelled 2D images")
+    t.add_argument("--labels", default=None, help="folder of LabelMe .json files named like the images (default: --labelled)")
+    t.add_argument("--unlabelled", default=None, help="folder or glob of unlabelled images (needed for self-training)")
+    t.add_argument("--size", type=int, nargs=2, default=(192, 160), metavar=("H", "W"), help="training resolution (default 192 160)")
+    t.add_argument("--epochs-pretrain", type=int, default=None, help="pre-training epochs on the labelled images (default 60)")
+    t.add_argument("--epochs-round", type=int, default=None, help="epochs per self-training round (default 10)")
+    t.add_argument("--epochs-finetune", type=int, default=None, help="fine-tuning epochs (default 20)")
+    t.add_argument("--rounds", type=int, default=3, help="self-training rounds (default 3)")
+    t.add_argument("--supervised-only", action="store_true", help="the supervised baseline (no self-training)")
+    t.add_argument("--skip-bad-labels", action="store_true", help="skip LabelMe files with missing/duplicate labels")
+    t.add_argument("--device", default="auto"); t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="semisup_out"); t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=_semisup_train)
+    q = ssub.add_parser("predict", help="detect landmarks on a folder of images with a trained checkpoint")
+    q.add_argument("checkpoint"); q.add_argument("images")
+    q.add_argument("--labelme", action="store_true", help="also write one LabelMe .json per image")
+    q.add_argument("--device", default="cpu"); q.add_argument("--out", default="semisup_pred")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_semisup_predict)
     return p
 
 def main(argv=None) -> int:
@@ -193,6 +235,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.command is None:
         p.print_help(); return 0
+    if not hasattr(args, "func"):
+        p.parse_args([args.command, "--help"]); return 0
     try:
         args.func(args)
     except (UsageError, ValueError, FileNotFoundError) as e:

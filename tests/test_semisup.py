@@ -111,3 +111,23 @@ def test_predict_folder_bad_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "other.pt", torch.nn.Linear(2, 2), {"a": 1})
     with pytest.raises(ValueError, match="not one of SemiSupervisedDetector.save"):
         predict_folder(tmp_path / "other.pt", tmp_path, tmp_path / "o")
+
+
+def test_cli_train_and_predict(folders):
+    "`shape_nb semisup train` / `predict` as a user runs them (exit codes, files), and a clear error for bad input."
+    import subprocess, sys
+    tmp, truth = folders
+    cli = [sys.executable, "-c", "import sys; from shape_nb.cli import main; sys.exit(main())", "semisup"]
+    r = subprocess.run(cli + ["train", "--labelled", str(tmp / "lab"), "--labels", str(tmp / "json"), "--unlabelled",
+                              str(tmp / "unl"), "--size", "32", "32", "--epochs-pretrain", "1", "--epochs-round", "1",
+                              "--epochs-finetune", "1", "--rounds", "1", "--device", "cpu", "--out", str(tmp / "cli")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "cli" / "semisup.pt").exists()
+    r = subprocess.run(cli + ["predict", str(tmp / "cli" / "semisup.pt"), str(tmp / "unl"), "--out", str(tmp / "pred")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "pred" / "landmarks.csv").exists()
+    r = subprocess.run(cli + ["train", "--labelled", str(tmp / "lab"), "--labels", str(tmp / "nope"), "--out", str(tmp / "x")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "labels folder not found" in r.stderr and "Traceback" not in r.stderr
