@@ -167,7 +167,23 @@ def _semisup_predict(a):
     print(f"wrote {a.out}: " + ", ".join(sorted(p.name for p in Path(a.out).iterdir())))
     return s
 
-# %% ../nbs/60_cli.ipynb #4655ef0d
+# %% ../nbs/60_cli.ipynb #67a994a5
+def _deepssm_train(a):
+    from shape_nb.deepssm import train_from_files
+    out = prepare_out(a.out, a.overwrite)
+    params = dict(kind=a.kind, focal=a.focal, epochs=a.epochs, n_augment=a.augment, batch_size=a.batch_size,
+                  device=a.device, random_state=a.seed)
+    train_from_files(a.images, a.points, out / "deepssm.pt", val_images=a.val_images, val_points=a.val_points,
+                     resize=a.resize, **params)
+    print(f"wrote {out / 'deepssm.pt'}")
+
+def _deepssm_predict(a):
+    from shape_nb.deepssm import predict_from_files
+    out = prepare_out(a.out, a.overwrite)
+    r = predict_from_files(a.checkpoint, a.images, out, resize=a.resize, device=a.device)
+    print(f"wrote {r['csv']}" + (f" and {len(r['particles'])} .particles files" if r.get("particles") else ""))
+
+# %% ../nbs/60_cli.ipynb #d0f8670a
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shape_nb", description="Statistical shape analysis straight from images.")
     p.add_argument("--version", action="version", version=f"shape_nb {shape_nb.__version__}")
@@ -205,6 +221,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     c.set_defaults(func=lambda a: discover(a.images, a.k, a.epochs, a.out, a.resize, a.keep, a.lam, a.batch_size,
                                            a.lr, a.device, a.seed, a.overwrite))
+    ds = sub.add_parser("deepssm", help="DeepSSM: images to dense correspondences (train / predict)")
+    dsub = ds.add_subparsers(dest="deepssm_command", metavar="train|predict", required=True)
+    t = dsub.add_parser("train", help="train on images and their correspondences (.particles or CSV)")
+    t.add_argument("--images", required=True, help="folder, glob or file list of 2D/3D images")
+    t.add_argument("--points", required=True, help="folder/glob of .particles files named like the images, or a CSV")
+    t.add_argument("--val-images", default=None); t.add_argument("--val-points", default=None)
+    t.add_argument("--kind", choices=["base", "tl"], default="base", help="Base- or TL-DeepSSM (default base)")
+    t.add_argument("--focal", action="store_true", help="focal loss instead of MSE")
+    t.add_argument("--augment", type=int, default=0, help="augmented (image, correspondence) pairs to add (default 0)")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--resize", type=int, nargs="+", default=None, metavar="N")
+    t.add_argument("--device", default="auto"); t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="deepssm_out"); t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=_deepssm_train)
+    q = dsub.add_parser("predict", help="predict correspondences for images with a trained checkpoint")
+    q.add_argument("checkpoint"); q.add_argument("images")
+    q.add_argument("--resize", type=int, nargs="+", default=None, metavar="N")
+    q.add_argument("--device", default="cpu"); q.add_argument("--out", default="deepssm_pred")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_deepssm_predict)
     ss = sub.add_parser("semisup", help="semi-supervised landmark detection (shape-regulated self-training)")
     ssub = ss.add_subparsers(dest="semisup_command", metavar="train|predict", required=True)
     t = ssub.add_parser("train", help="train on labelled (LabelMe) + unlabelled image folders")

@@ -102,3 +102,21 @@ def test_bad_prediction_input(files, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable shape_nb checkpoint"):
         predict_from_files(tmp_path / "junk.pt", root / "img", tmp_path / "out")
+
+
+def test_cli_train_and_predict(files, tmp_path):
+    "`shape_nb deepssm train` / `predict` as a user runs them; bad input -> exit 2 with a message."
+    import subprocess, sys
+    root, _ = files
+    cli = [sys.executable, "-c", "import sys; from shape_nb.cli import main; sys.exit(main())", "deepssm"]
+    r = subprocess.run(cli + ["train", "--images", str(root / "img"), "--points", str(root / "pts"), "--epochs", "1",
+                              "--device", "cpu", "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m" / "deepssm.pt").is_file()
+    r = subprocess.run(cli + ["predict", str(tmp_path / "m" / "deepssm.pt"), str(root / "img"), "--out", str(tmp_path / "p")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "p").glob("*.particles"))) == 12
+    r = subprocess.run(cli + ["train", "--images", str(root / "img"), "--points", str(tmp_path / "nothing"),
+                              "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
