@@ -206,7 +206,7 @@ def femur_dataset(n: int | None = None,       # subjects: the first n of a seede
                 labels=labels, bump_height=heights, bump_index=bump, spacing=tuple(sp.tolist()), origin=tuple(origin),
                 subjects=subjects)
 
-# %% ../nbs/20_deepssm.ipynb #43d07da6
+# %% ../nbs/20_deepssm.ipynb #2860b52b
 class Augmented(NamedTuple):
     "Augmented image-shape pairs and what made them."
     images: object           # (m, C, *spatial) float32 tensor, or a read-only memory map of `images.npy`
@@ -216,6 +216,16 @@ class Augmented(NamedTuple):
     residual: np.ndarray     # (m,) mean distance from the warped base correspondences to the new ones
     pca: object = None       # the `ShapePCA` of the real correspondences
     sampler: object = None   # the fitted score sampler
+
+def _matching_pairs(pairs, x, P, name):
+    "(images, points) of a validation/extra set, checked against the training images `x` and points `P`."
+    xs = _as_images(pairs[0], f"{name} images")
+    if tuple(xs.shape[1:]) != tuple(x.shape[1:]):
+        raise ValueError(f"{name} images have shape {tuple(xs.shape[1:])} but the training images {tuple(x.shape[1:])}")
+    Ps = _as_points(pairs[1], len(xs), x.ndim - 2, f"{name} points")
+    if Ps.shape[1] != P.shape[1]:
+        raise ValueError(f"{name} points have {Ps.shape[1]} correspondences but the training points {P.shape[1]}")
+    return xs, Ps
 
 def _as_images(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images) if isinstance(images, np.memmap) else images)
@@ -371,7 +381,7 @@ def focal_threshold(points,              # (n, M, d) training correspondences (o
     else: raise ValueError(f"per must be 'point' or 'element', got {per!r}")
     return float(np.percentile(dist, q))
 
-# %% ../nbs/20_deepssm.ipynb #6d51e15a
+# %% ../nbs/20_deepssm.ipynb #a0bb51c6
 _PARAMS = ("kind loss focal focal_a focal_a_latent focal_q focal_per n_components latent ae_hidden tl_lambda channels "
            "kernel_size fc pool_to n_augment augment_kw epochs ae_epochs tflank_epochs joint_epochs lr weight_decay "
            "batch_size patience val_fraction device random_state progress").split()
@@ -475,12 +485,7 @@ class DeepSSM:
         P = _as_points(points, n, d)
         sp, org = _geometry(spacing, origin, n, d)
         if val is not None:
-            xv = _as_images(val[0], "val images")
-            if tuple(xv.shape[1:]) != tuple(x.shape[1:]):
-                raise ValueError(f"val images have shape {tuple(xv.shape[1:])} but the training images {tuple(x.shape[1:])}")
-            Pv = _as_points(val[1], len(xv), d, "val points")
-            if Pv.shape[1] != P.shape[1]:
-                raise ValueError(f"val points have {Pv.shape[1]} correspondences but the training points {P.shape[1]}")
+            xv, Pv = _matching_pairs(val, x, P, "val")
             tr = np.arange(n)
         elif self.val_fraction > 0 and n >= 10:
             tr, va, _ = split_indices(n, (1 - self.val_fraction, self.val_fraction, 0.0), seed=self.random_state)
@@ -507,12 +512,7 @@ class DeepSSM:
         else:
             Pall = Pt
         if extra is not None:
-            xe = _as_images(extra[0], "extra images")
-            if tuple(xe.shape[1:]) != tuple(x.shape[1:]):
-                raise ValueError(f"extra images have shape {tuple(xe.shape[1:])} but the training images {tuple(x.shape[1:])}")
-            Pe = _as_points(extra[1], len(xe), d, "extra points")
-            if Pe.shape[1] != P.shape[1]:
-                raise ValueError(f"extra points have {Pe.shape[1]} correspondences but the training points {P.shape[1]}")
+            xe, Pe = _matching_pairs(extra, x, P, "extra")
             xt, Pall = torch.cat([xt, xe.to(xt.dtype)]), np.concatenate([Pall, Pe])
         f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)
         X, Y = self.whitener_.transform(xt).to(dev), f32(Pall)
