@@ -97,7 +97,7 @@ def relative_registration_error(target: torch.Tensor, registered: torch.Tensor) 
     "||I_T - I_R||^2 / ||I_T||^2 per pair (B,): the paper's registration error."
     return (target - registered).flatten(1).pow(2).sum(1) / target.flatten(1).pow(2).sum(1).clamp_min(1e-12)
 
-# %% ../nbs/10_discovery.ipynb #7b4d6d1b
+# %% ../nbs/10_discovery.ipynb #eb56a225
 def _as_images(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.ndim == 3: x = x[:, None]   # (n, H, W): add the channel axis
@@ -265,7 +265,6 @@ class LandmarkDiscovery:
         kept = order[:n_keep] if n_keep is not None else np.flatnonzero(self.importance_ > threshold)
         if len(kept) < 1: raise ValueError(f"no landmark has importance above {threshold}; max is {self.importance_.max():.3g}")
         self.kept_ = np.sort(kept)
-        self.landmarks_all_ = getattr(self, "landmarks_all_", None)
         return self
 
     # -- persistence ---------------------------------------------------------------------------

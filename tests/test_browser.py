@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,21 @@ def launch(playwright):
     if exe is None:
         pytest.skip("no chromium found (install it: apt-get install chromium, or set CHROMIUM=/path/to/chromium)")
     return playwright.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+
+
+@contextmanager
+def chromium_page(viewport):
+    "A page of a headless system chromium, with outside requests blocked and errors recorded: yields (page, seen)."
+    if find_chromium() is None:
+        pytest.skip("no chromium found (install it: apt-get install chromium, or set CHROMIUM=/path/to/chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport=viewport)
+            yield page, watch(page)
+        finally:
+            browser.close()
 
 
 def watch(page):
@@ -121,43 +137,34 @@ def voila_url(tmp_path):
 
 
 def test_volume_viewer_slider_in_voila(voila_url, tmp_path):
-    if find_chromium() is None:
-        pytest.skip("no chromium found (install it: apt-get install chromium, or set CHROMIUM=/path/to/chromium)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 860})
-            seen = watch(page)
-            page.goto(voila_url, timeout=180_000)
-            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=180_000)   # the FigureWidget has drawn
-            page.wait_for_selector(".js-plotly-plot .heatmaplayer image", state="attached", timeout=60_000)
-            name = lambda: page.evaluate("document.querySelector('.js-plotly-plot').data[0].name")
-            opacity = page.evaluate("document.querySelector('.js-plotly-plot').data[1].opacity")
-            first = name()
-            assert first == "axial (z) 20", first
-            assert opacity == 0.7                                    # the heatmap overlay is drawn semi-transparent
-            plot = page.locator(".js-plotly-plot").first
-            before = plot.screenshot()
-            handle = page.locator(".widget-slider", has_text="slice").locator(".noUi-handle").first
-            handle.focus()
-            for _ in range(6):
-                page.keyboard.press("ArrowRight")
-            page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 26'", timeout=60_000)
-            page.wait_for_timeout(500)
-            assert plot.screenshot() != before                       # the drawn slice changed
-            assert "26" in page.locator(".widget-slider", has_text="slice").inner_text()
-            # the landmark picker jumps to landmark 0's slice (z = 20), where its marker and heatmap blob show
-            page.locator(".widget-dropdown select").select_option(label="landmarks 0")
-            page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 20'", timeout=60_000)
-            page.wait_for_function("document.querySelector('.js-plotly-plot').data[2].x.length === 1", timeout=30_000)
-            assert page.evaluate("document.querySelector('.js-plotly-plot').data[2].text[0]") == "landmarks 0"
-            assert "20" in page.locator(".widget-slider", has_text="slice").inner_text()
-            page.wait_for_timeout(500)
-            shot = tmp_path / "volume_viewer_voila.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"\nscreenshot of the volume viewer in Voila: {shot}")
-            assert seen["external"] == [], f"requests outside localhost: {seen['external']}"
-            assert seen["errors"] == [], f"console errors: {seen['errors']}"
-        finally:
-            browser.close()
+    with chromium_page({"width": 1100, "height": 860}) as (page, seen):
+        page.goto(voila_url, timeout=180_000)
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=180_000)   # the FigureWidget has drawn
+        page.wait_for_selector(".js-plotly-plot .heatmaplayer image", state="attached", timeout=60_000)
+        name = lambda: page.evaluate("document.querySelector('.js-plotly-plot').data[0].name")
+        opacity = page.evaluate("document.querySelector('.js-plotly-plot').data[1].opacity")
+        first = name()
+        assert first == "axial (z) 20", first
+        assert opacity == 0.7                                    # the heatmap overlay is drawn semi-transparent
+        plot = page.locator(".js-plotly-plot").first
+        before = plot.screenshot()
+        handle = page.locator(".widget-slider", has_text="slice").locator(".noUi-handle").first
+        handle.focus()
+        for _ in range(6):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 26'", timeout=60_000)
+        page.wait_for_timeout(500)
+        assert plot.screenshot() != before                       # the drawn slice changed
+        assert "26" in page.locator(".widget-slider", has_text="slice").inner_text()
+        # the landmark picker jumps to landmark 0's slice (z = 20), where its marker and heatmap blob show
+        page.locator(".widget-dropdown select").select_option(label="landmarks 0")
+        page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 20'", timeout=60_000)
+        page.wait_for_function("document.querySelector('.js-plotly-plot').data[2].x.length === 1", timeout=30_000)
+        assert page.evaluate("document.querySelector('.js-plotly-plot').data[2].text[0]") == "landmarks 0"
+        assert "20" in page.locator(".widget-slider", has_text="slice").inner_text()
+        page.wait_for_timeout(500)
+        shot = tmp_path / "volume_viewer_voila.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\nscreenshot of the volume viewer in Voila: {shot}")
+        assert seen["external"] == [], f"requests outside localhost: {seen['external']}"
+        assert seen["errors"] == [], f"console errors: {seen['errors']}"

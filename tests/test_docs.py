@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import find_chromium, launch
+from test_browser import chromium_page
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,18 +39,8 @@ def page_checks(page, seen, url):
 
 
 def browse(html: Path, name: str, fn):
-    if find_chromium() is None:
-        pytest.skip("no chromium found (install it: apt-get install chromium, or set CHROMIUM=/path/to/chromium)")
-    from playwright.sync_api import sync_playwright
-    from test_browser import watch
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            seen = watch(page)
-            return fn(page, seen, (html / name).as_uri())
-        finally:
-            browser.close()
+    with chromium_page({"width": 1280, "height": 900}) as (page, seen):
+        return fn(page, seen, (html / name).as_uri())
 
 
 def test_site_pages_exist(site):

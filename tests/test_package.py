@@ -10,8 +10,8 @@ LAYERS = ["core", "tps", "io", "data", "phantoms", "shape", "nets", "train", "di
 
 
 def test_core_imports_without_plotting_stack():
-    code = ("import sys, shape_nb.core, shape_nb.tps, shape_nb.phantoms, shape_nb.viz;"
-            "bad = [m for m in ('plotly', 'ipywidgets', 'fastcore', 'nbdev') if m in sys.modules];"
+    code = ("import sys, shape_nb.core, shape_nb.tps, shape_nb.phantoms, shape_nb.viz, shape_nb.widgets;"
+            "bad = [m for m in ('plotly', 'ipywidgets', 'anywidget', 'itkwidgets', 'fastcore', 'nbdev') if m in sys.modules];"
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,5 @@
 """Figures and interactive viewers, headless: every figure function's traces and data, and every viewer driven
 through its controls from Python (no browser; see test_browser.py for the same in chromium)."""
-import subprocess
 import sys
 
 import numpy as np
@@ -32,14 +31,6 @@ def volume():
     g = pixel_grid((10, 16, 14), dtype=torch.float64).numpy()
     hm = np.exp(-((g[None] - lm[:, None, None, None]) ** 2).sum(-1) / (2 * 0.15**2)).astype(np.float32)
     return vol, lm, hm
-
-
-def test_modules_import_without_plotting_stack():
-    code = ("import sys, shape_nb.viz, shape_nb.widgets;"
-            "bad = [m for m in ('plotly', 'ipywidgets', 'anywidget', 'itkwidgets') if m in sys.modules];"
-            "assert not bad, bad")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------- figures
