@@ -4,11 +4,19 @@
     python bench/semisup.py --labels 20 --variants naive no_shape no_ral
     python bench/semisup.py --labels 50 --variants supervised full
     python bench/semisup.py --table                                      # print the tables of what has run
+    python bench/semisup.py --device cuda --labels 20 --variants full    # benchmark 4 on a GPU (wall time per phase)
 
 Options: --size H W (default 128 104), --epochs-pretrain 100, --rounds 3, --epochs-round 3, --epochs-finetune 20,
 --lr 3e-3, --batch-size 4, --z 40 (abnormality threshold Z, original pixels), --seed 0, --threads 1,
---out bench/results/semisup_cpu.json, --cache DIR (pre-trained networks, shared by the variants of one label
-count), --quick (a smoke run: 32x26 images, 2 epochs per phase). Results of separate runs are merged into --out.
+--device auto|cpu|cuda (default auto), --out (default bench/results/semisup_<device>.json), --cache DIR
+(pre-trained networks, shared by the variants of one label count and device), --train-options JSON (passed as
+SemiSupervisedDetector(train_options=...) where the library has it), --quick (a smoke run: 32x26 images, 2
+epochs per phase). Results of separate runs are merged into --out.
+
+Wall time: every result records the seconds of each phase of the protocol (pre-training, self-training rounds,
+fine-tuning: the training epochs of each phase; 'pseudo' is the rest of the variant's fit: pseudo-labelling with
+shape regulation, set-up and the final evaluation) and the tables end with a wall-time table. The pre-training is
+shared by the variants of one label count; its seconds are those of the run that trained it (kept in the cache).
 
 Runs on the CPU at reduced resolution (the network sees --size H W, default 128x104, instead of 1671x1340) and
 with few epochs; every number says so in the JSON. Data: ../shared/data/cephalograms_hamedan (or
@@ -31,10 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shape_nb.core import index_to_norm, norm_to_index
+from shape_nb.core import get_device, index_to_norm, norm_to_index
 from shape_nb.io import read_images, read_labelme, shared_data_dir, stack_images
 from shape_nb.metrics import detection_report, radial_errors
 from shape_nb.semisup import ABLATIONS, SemiSupervisedDetector
+from shape_nb.train import load_checkpoint
 
 HALF = (835, 670)         # (H, W) of the PNGs; the originals are twice as large
 TO_ORIGINAL = 2.0         # PNG pixels -> original pixels
@@ -103,17 +112,36 @@ def merge_json(path, update):
 
 def pretrained(a, xl, yl, L, spacing):
     "The shared pre-trained detector for L labels (cached on disk)."
-    kw = dict(epochs_pretrain=a.epochs_pretrain, lr=a.lr, batch_size=a.batch_size, random_state=a.seed, device="cpu",
-              progress=False, spacing=spacing)
-    cache = Path(a.cache) / f"pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}_s{a.seed}.pt"
+    kw = dict(epochs_pretrain=a.epochs_pretrain, lr=a.lr, batch_size=a.batch_size, random_state=a.seed, device=a.device,
+              progress=False, spacing=spacing, **a.extra)
+    dev = a.dev.type + ("" if a.dev.type == "cpu" else f"_{a.dev.index or 0}")
+    cache = Path(a.cache) / f"pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}_s{a.seed}_{dev}.pt"
     if cache.exists():
         print(f"  pre-trained network from {cache}")
-        return SemiSupervisedDetector.load(cache), None
+        secs = (load_checkpoint(cache).get("extra", {}).get("user") or {}).get("seconds")
+        return SemiSupervisedDetector.load(cache, device=a.device), secs
     t0 = time.perf_counter()
     det = SemiSupervisedDetector(**ABLATIONS["supervised"], epochs_finetune=0, **kw).fit(xl, yl)
+    sync(a.dev)
     secs = time.perf_counter() - t0
     det.save(cache, seconds=secs)
     return det, secs
+
+
+def sync(dev):
+    if dev.type == "cuda": torch.cuda.synchronize(dev)
+
+
+def phase_seconds(det, total, pre_secs):
+    "Seconds per phase of one fit: the training epochs of each phase, the rest of the fit as 'pseudo'."
+    ph = {"pretrain": pre_secs}
+    for k, h in det.histories_.items():
+        if k == "pretrain": continue
+        ph[k] = float(sum(r.get("seconds", 0.0) for r in h.records))
+    ph["pseudo"] = total - sum(v for k, v in ph.items() if k != "pretrain")
+    ph["variant_total"] = total
+    ph["protocol_total"] = total + (pre_secs or 0.0)
+    return ph
 
 
 def run(a):
@@ -125,7 +153,8 @@ def run(a):
     ok = np.isfinite(other).all((1, 2))
     inter = detection_report(other[ok], gt[ok], spacing=TO_ORIGINAL, radii=RADII)
     inter_test = detection_report(other[test][ok[test]], gt[test][ok[test]], spacing=TO_ORIGINAL, radii=RADII)
-    meta = dict(device="cpu", threads=a.threads, torch=torch.__version__, network_input=list(a.size),
+    where = (f"{a.dev} ({torch.cuda.get_device_name(a.dev)})" if a.dev.type == "cuda" else f"cpu, {a.threads} threads")
+    meta = dict(device=where, threads=a.threads, torch=torch.__version__, network_input=list(a.size),
                 original_size=[1671, 1340], units="pixels of the original 1340x1671 images (no pixel size given)",
                 sdr_radii_px=list(RADII), n_images=len(x), n_pool=len(pool), n_test=len(test),
                 test_names=[names[i] for i in test], ground_truth="farhadifar; 002 excluded (both annotators defective)",
@@ -136,14 +165,14 @@ def run(a):
                        "the paper). Tag _matched: fine-tuning lengthened to 65 epochs so that the supervised network makes "
                        "as many optimizer steps as the full method (500 pre-training + 3 rounds x 3 epochs x 25 steps + 100 "
                        "fine-tuning = 825). Pseudo-label MREs use the hidden truth of the unlabelled pool, for diagnosis only."),
-                reduced=f"CPU, network input {H}x{W} (original 1671x1340), few epochs (per-result 'settings')",
+                reduced=f"{where}, network input {H}x{W} (original 1671x1340), few epochs (per-result 'settings')",
                 inter_annotator=dict(all_141=dict(mre=inter["mre"], sd=inter["sd"], sdr=inter["sdr"]),
                                      test=dict(mre=inter_test["mre"], sd=inter_test["sd"], sdr=inter_test["sdr"],
                                                n_images=int(ok[test].sum()))))
     merge_json(a.out, {"meta": meta})
     for L in a.labels:
         lab, unl = pool[:L], pool[L:]
-        print(f"== {L} labelled, {len(unl)} unlabelled, {len(test)} test images ({H}x{W} network input, CPU)")
+        print(f"== {L} labelled, {len(unl)} unlabelled, {len(test)} test images ({H}x{W} network input, {where})")
         settings = dict(network_input=list(a.size), epochs_pretrain=a.epochs_pretrain, rounds=a.rounds,
                         epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr, batch_size=a.batch_size,
                         z_threshold_px=a.z, seed=a.seed, threads=a.threads)
@@ -160,9 +189,10 @@ def run(a):
             det = SemiSupervisedDetector(backbone=base.model_, **VARIANTS[v], epochs_pretrain=0, rounds=a.rounds,
                                          epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr,
                                          batch_size=a.batch_size, z_threshold=a.z, spacing=spacing,
-                                         random_state=a.seed, device="cpu", progress=False)
+                                         random_state=a.seed, device=a.device, progress=False, **a.extra)
             det.fit(x[lab], y[lab], x[unl] if VARIANTS[v]["self_training"] else None,
                     unlabelled_landmarks=y[unl] if VARIANTS[v]["self_training"] else None)
+            sync(a.dev)
             secs = time.perf_counter() - t0
             p, _ = det.predict(x[test], return_heatmaps=False)
             r = errors(p, gt[test])
@@ -170,7 +200,8 @@ def run(a):
             rec = dict(labels=L, variant=v, tag=a.tag, flags=VARIANTS[v], settings=settings, mre=r["mre"], sd=r["sd"], sdr=r["sdr"],
                        mre_per_landmark=r["mre_per_landmark"], per_image_mre=per_img.tolist(), rounds=det.rounds_,
                        unlabelled_final_mre=getattr(det, "unlabelled_mre_", None), seconds=secs,
-                       pretrain_seconds=pre_secs)
+                       pretrain_seconds=pre_secs, phase_seconds=phase_seconds(det, secs, pre_secs), device=where,
+                       train_options=a.extra.get("train_options"))
             merge_json(a.out, {"results": {f"{L}/{v}{a.tag}": rec}})
             print(f"  {v + a.tag:<11s} test MRE {r['mre']:.1f} ({r['sd']:.1f})  SDR@20/25/30/40 px "
                   + " ".join(f"{100 * r['sdr'][k]:.1f}" for k in r["sdr"]) + f"  [{secs:.0f} s]")
@@ -233,6 +264,19 @@ def tables(path):
                   f"{100 * rd['frac_abnormal_images']:9.1f} {100 * rd['frac_masked_landmarks']:8.1f}")
         if r.get("unlabelled_final_mre") is not None:
             print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<10} {'final':>5} {r['unlabelled_final_mre']:7.1f}")
+    timed = [r for r in res.values() if r.get("phase_seconds")]
+    if timed:
+        n_rounds = max(len([k for k in r["phase_seconds"] if k.startswith("round_")]) for r in timed)
+        print(f"\nWall time of the protocol, seconds per phase ({m['device']}; pre-training shared by the variants; "
+              f"'pseudo' = pseudo-labelling, regulation, set-up)")
+        print(f"{'labels':>6} {'variant':<16} {'pre-train':>9} " + " ".join(f"{'round ' + str(i + 1):>8}" for i in range(n_rounds))
+              + f" {'pseudo':>7} {'fine-tune':>9} {'total':>8}")
+        fmt = lambda v: f"{v:.1f}" if v is not None else "-"
+        for r in timed:
+            ph = r["phase_seconds"]
+            print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<16} {fmt(ph.get('pretrain')):>9} "
+                  + " ".join(f"{fmt(ph.get(f'round_{i + 1}')):>8}" for i in range(n_rounds))
+                  + f" {fmt(ph.get('pseudo')):>7} {fmt(ph.get('finetune')):>9} {fmt(ph.get('protocol_total')):>8}")
 
 
 if __name__ == "__main__":
@@ -249,14 +293,29 @@ if __name__ == "__main__":
     p.add_argument("--z", type=float, default=40.0, help="abnormality threshold Z in original pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="bench/results/semisup_cpu.json")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--train-options", default=None, help="JSON dict for SemiSupervisedDetector(train_options=...)")
+    p.add_argument("--out", default=None, help="default bench/results/semisup_<device>[_quick].json")
     p.add_argument("--cache", default="/tmp/semisup_cache")
     p.add_argument("--tag", default="", help="suffix of the result keys, e.g. '_long' for a variant with other settings")
     p.add_argument("--table", action="store_true", help="only print the tables of --out")
     p.add_argument("--quick", action="store_true", help="smoke run: 32x26 input, 2 epochs per phase, 1 round")
     a = p.parse_args()
+    a.dev = get_device(a.device)
+    a.device = str(a.dev)
+    a.extra = {}
+    if a.train_options:
+        from benchlib import accepts
+        if not accepts(SemiSupervisedDetector, "train_options"):
+            raise SystemExit("--train-options: this version of SemiSupervisedDetector has no train_options parameter")
+        a.extra["train_options"] = json.loads(a.train_options)
     if a.quick:
         a.size, a.epochs_pretrain, a.rounds, a.epochs_round, a.epochs_finetune = [32, 26], 2, 1, 1, 2
-        if a.out == "bench/results/semisup_cpu.json": a.out = "bench/results/semisup_cpu_quick.json"
+    a.out = a.out or f"bench/results/semisup_{a.dev.type}{'_quick' if a.quick else ''}.json"
     if a.table: tables(a.out)
-    else: run(a)
+    else:
+        try:
+            run(a)
+        except SystemExit as e:   # the smoke run (./run.sh bench) skips without the data; a real run fails
+            if not (a.quick and "not found" in str(e)): raise
+            print(f"bench/semisup.py --quick skipped: {e}")

@@ -1,6 +1,8 @@
 """TPS fit + warp: shape_nb side by side with kornia and torch-tps on the same inputs.
 
     python bench/tps.py [--device auto|cpu|cuda] [--quick] [--out bench/results]
+    python bench/tps.py --device cuda                  # benchmark 1 on a GPU (2D B=32 256x256, 3D B=4 128^3)
+    OMP_NUM_THREADS=2 python bench/tps.py --device cpu # the CPU table
 
 Cases (issue defaults): GPU 2D B=32 256x256 K=30, 3D B=4 128^3 K=64; CPU 2D B=8 256x256 K=30, 3D B=4 64^3
 K=64. Every method warps the same images with the same landmark pairs (structure at src -> dst). Accuracy
@@ -117,7 +119,7 @@ def run_case(name, B, shape, K, device, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of this script)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default="bench/results")

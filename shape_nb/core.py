@@ -130,7 +130,7 @@ def seed_everything(seed: int,                  # the seed for python, numpy and
         torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #49539459
+# %% ../nbs/00_core.ipynb #7eec031b
 _PROBED: dict = {}
 
 def _probe(device: torch.device) -> str | None:
@@ -160,10 +160,13 @@ def get_device(device: str | torch.device | None = "auto",  # "auto", "cpu", "cu
             if err is None: return c
             warnings.warn(f"{c} is visible but cannot run a kernel ({err}); using the CPU instead")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{device!r} is not a device name: use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was asked for but CUDA is not available "
-                           f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use device='cpu' or 'auto'")
+        why = (f"this torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+               else f"torch {torch.__version__} with CUDA {torch.version.cuda} finds no usable GPU or driver")
+        raise RuntimeError(f"device {str(device)!r} was asked for but CUDA is not available ({why}); use device='cpu' or 'auto'")
     if dev.type != "cpu":
         err = _probe(dev)
         if err is not None:

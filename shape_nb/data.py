@@ -396,7 +396,7 @@ def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
     count = hist.flip(-1).cumsum(-1, dtype=torch.int32).flip(-1)[:, 1:]   # hits strictly above each voxel centre
     return (count % 2 == 1).T.reshape(D, H, W)
 
-# %% ../nbs/03_data.ipynb #e13e7d4f
+# %% ../nbs/03_data.ipynb #40490393
 def _check_images(x, name="images", allow_constant=False):
     "(n, C, ...) tensor: raise a ValueError naming the first image with NaN/Inf or (optionally) constant values."
     if x.ndim < 2: raise ValueError(f"{name}: expected a batch (n, C, *spatial), got shape {tuple(x.shape)}")
@@ -417,11 +417,15 @@ class Whitener:
         self.per_image = per_image
 
     def fit(self, images: torch.Tensor):  # (n, C, *spatial)
-        "Learn the global mean and std (float64) of `images`; checks every image."
+        "Learn the global mean and std (float64) of `images`; checks every image, and that the set varies."
         images = torch.as_tensor(images)
-        _check_images(images)
+        _check_images(images, allow_constant=not self.per_image)
         x = images.double()
         self.mean_, self.std_ = x.mean(), x.std(correction=0)
+        if not self.std_ > 0:
+            raise ValueError(f"images: every value of all {len(x)} images is {float(x.flatten()[0])}, so the set's std is 0 "
+                             f"and whitening would divide by zero; check that the files were read correctly (blank "
+                             f"images?) and give images with some contrast")
         return self
 
     def _stats(self, x):

@@ -218,7 +218,7 @@ def _read_meta(p: Path):
     return (a, tuple(floats(spacing)[:nd]) if spacing else (1.0,) * nd,
             tuple(floats(origin)[:nd]) if origin else (0.0,) * nd)
 
-# %% ../nbs/02_io.ipynb #ac9563ca
+# %% ../nbs/02_io.ipynb #4fb34ae8
 _READERS = {"Pillow": _read_pil, "NIfTI": _read_nifti, "NRRD": _read_nrrd, "MetaImage": _read_meta, "npy": _read_npy}
 
 def read_image(path: str | os.PathLike,  # .png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .nrrd .nhdr .mha .mhd or .npy
@@ -230,6 +230,9 @@ def read_image(path: str | os.PathLike,  # .png .jpg .jpeg .bmp .tif .tiff .nii 
     try:
         a, spacing, origin = _READERS[kind](p)
     except FileNotFoundError: raise
+    except PermissionError as e:
+        raise ValueError(f"cannot read {p}: permission denied ({e.strerror}); make the file readable (chmod +r) "
+                         f"or leave it out") from e
     except Exception as e:
         if isinstance(e, ValueError) and str(p) in str(e): raise
         raise ValueError(f"cannot read {p} as a {kind} image ({type(e).__name__}: {e}); the file may be truncated "
@@ -342,7 +345,7 @@ def write_image(path: str | os.PathLike,  # .npy .png .tif .tiff .nii .nii.gz .n
         _write_meta(p, _file_dtype(a), sp, org, compress)
     return p
 
-# %% ../nbs/02_io.ipynb #3b79425e
+# %% ../nbs/02_io.ipynb #a344365e
 def natural_key(s) -> list:
     "Sort key ordering digit runs by value, so that 001 < 2 < 10."
     return [(0, int(t), t) if t.isdigit() else (1, t.lower(), t) for t in re.split(r"(\d+)", str(s))]
@@ -377,12 +380,12 @@ def _resolve(source, table: dict, what: str) -> list[Path]:
     for f in files: _kind(f, table, what)
     return files
 
-def _describe(groups: dict, unit: str) -> str:
+def _describe(groups: dict, unit: str, what: str = "file") -> str:
     "{key: [file names]} -> '(5, 7) in 2 files (a.png, b.png); ...' with the largest group first."
     out = []
     for k, fs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         names = ", ".join(fs[:3]) + (", ..." if len(fs) > 3 else "")
-        out.append(f"{k}{unit} in {len(fs)} file{'s' if len(fs) > 1 else ''} ({names})")
+        out.append(f"{k}{unit} in {len(fs)} {what}{'s' if len(fs) > 1 else ''} ({names})")
     return "; ".join(out)
 
 def _check_same_size(images: Sequence[Image]):
@@ -390,7 +393,7 @@ def _check_same_size(images: Sequence[Image]):
     for i, im in enumerate(images): groups.setdefault(im.shape, []).append(Path(im.path).name if im.path else f"#{i}")
     if len(groups) > 1:
         raise ValueError(f"images have {len(groups)} different sizes: {_describe(groups, '')}; pass resize=(H, W) "
-                         f"(or (D, H, W)) to resample them to one size")
+                         f"(or (D, H, W); on the command line --resize H W) to resample them to one size")
 
 # %% ../nbs/02_io.ipynb #4b855fd5
 def _gauss_kernel(sigma: float) -> torch.Tensor:
@@ -615,7 +618,7 @@ def write_tps(path: str | os.PathLike,               # destination .tps
     p = Path(path); p.write_text("\n".join(blocks) + "\n")
     return p
 
-# %% ../nbs/02_io.ipynb #c934f1b4
+# %% ../nbs/02_io.ipynb #8d8936e1
 def _num(p, r, c, v):
     try: return float(v)
     except ValueError: raise ValueError(f"{p}: row {r}, column {c!r}: {v!r} is not a number") from None
@@ -639,12 +642,13 @@ def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landma
         for r, row in enumerate(rows, 2):
             k = int(_num(p, r, "k", row[low.index("k")]))
             per.setdefault(row[ic], {})
-            if k in per[row[ic]]: raise ValueError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice")
+            if k in per[row[ic]]: raise ValueError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice; remove the duplicate row")
             per[row[ic]][k] = [_num(p, r, head[c], row[c]) for c in cols]
         counts = {}
         for name, d in per.items(): counts.setdefault(len(d), []).append(name)
         if len(counts) > 1:
-            raise ValueError(f"{p}: images have different numbers of landmarks: {_describe(counts, ' landmarks')}")
+            raise ValueError(f"{p}: images have different numbers of landmarks: {_describe(counts, ' landmarks', 'image')}; every "
+                             f"image needs the same landmarks k = 0..K-1: add the missing rows or remove the image's rows")
         names = list(per)
         return names, np.asarray([[per[n][k] for k in sorted(per[n])] for n in names], dtype=np.float64).reshape(len(names), -1, len(cols))
     lm = {}   # landmark key -> {axis: column}: "x3"/"x_3" -> key 3, "nasion_x" -> key "nasion"

@@ -1,0 +1,26 @@
+"""Landmark discovery on 8 small phantoms; run alone or under torchrun by tests/test_ddp.py.
+
+    python tests/ddp_discovery.py OUT.json ACCUMULATE
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_discovery.py OUT.json 1
+"""
+import json
+import sys
+
+import torch
+
+from shape_nb.discovery import LandmarkDiscovery
+from shape_nb.phantoms import tps_phantoms
+from shape_nb.train import dist_info
+
+out, accumulate = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)
+imgs, _ = tps_phantoms(8, 24, seed=0)
+est = LandmarkDiscovery(k=4, epochs=2, batch_size=4, noise_std=0.0, val_fraction=0, pairs="all", grad_clip=None,
+                        channels=(8, 16), device="cpu", progress=False,
+                        train_options=dict(accumulate=accumulate)).fit(imgs)
+rank, world = dist_info()
+if rank == 0:
+    h = est.history_
+    json.dump(dict(world=world, landmarks=est.landmarks_.tolist(), train_loss=h.column("train_loss"),
+                   steps=len(h.grad_norms), params={k: v.tolist() for k, v in est.model_.named_parameters()},
+                   buffers={k: v.tolist() for k, v in est.model_.named_buffers()}), open(out, "w"))
