@@ -402,10 +402,14 @@ def _resume(path, r: _Run, sched):
     if best is not None: best = {k: v.to(r.device) for k, v in best.items()}
     return hist, best, st["since_best"], st["epoch"] + 1, st["finished"]
 
-# %% ../nbs/07_train.ipynb #8ada4fd4
+# %% ../nbs/07_train.ipynb #47b3cefd
 def _wrap(model, cfg, device, world):
     run = model
-    if world > 1: run = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if world > 1:   # buffers (BatchNorm statistics) stay per rank during an epoch: see `_Run.sync_buffers`
+        import inspect
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters \
+                  else "broadcast_buffers"
+        run = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False})
     if cfg.compile: run = torch.compile(run, backend=cfg.compile if isinstance(cfg.compile, str) else "inductor")
     return run
 
