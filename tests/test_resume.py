@@ -58,6 +58,8 @@ def test_kill_and_resume_discovery_bit_for_bit(tmp_path):
     assert r.returncode == 0, r.stderr
     a, b = json.loads((ref / "summary.json").read_text()), json.loads((cut / "summary.json").read_text())
     assert b["resumed_from_epoch"] >= 3 and a["resumed_from_epoch"] is None
+    print(f"killed after epoch {killed_at} of {epochs}; resumed from epoch {b['resumed_from_epoch']}; "
+          f"final train loss {a['history'][-1]['train_loss']!r} = {b['history'][-1]['train_loss']!r}")
     assert a["history"] == b["history"] and len(a["history"]) == epochs           # identical losses, every epoch
     assert (ref / "landmarks.csv").read_text() == (cut / "landmarks.csv").read_text()
     assert (ref / "importance.csv").read_text() == (cut / "importance.csv").read_text()
