@@ -66,7 +66,7 @@ def tps_demo(n: int = 16, size: int = 128, sigma: float = 0.05, device: str = "a
         if not quiet: print(f"  wrote {out / 'tps_demo.html'} and {out / 'tps_demo.json'}")
     return res
 
-# %% ../nbs/60_cli.ipynb #d082f22a
+# %% ../nbs/60_cli.ipynb #f0c5e75e
 STATE_DIR = ".train_state"   # inside --out while a run trains; removed when it finishes
 
 def prepare_out(out, overwrite: bool, resume: bool = False) -> Path:
@@ -85,9 +85,24 @@ def prepare_out(out, overwrite: bool, resume: bool = False) -> Path:
         raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose a writable location") from e
     return out
 
-def train_options(out: Path, resume: bool) -> dict:
-    "Training-state checkpoints in `out`/.train_state (every epoch), resumed from when `resume`."
-    return dict(checkpoint=str(Path(out) / STATE_DIR / "train_state.pt"), resume=resume)
+def train_options(out: Path, resume: bool, **more) -> dict:
+    "Training-state checkpoints in `out`/.train_state (every epoch), resumed from when `resume`; `more` TrainConfig settings."
+    return dict(checkpoint=str(Path(out) / STATE_DIR / "train_state.pt"), resume=resume, **more)
+
+def _training_args(p):
+    "Options every training command shares: resuming and the speed switches of `shape_nb.train.TrainConfig`."
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its training state (same arguments)")
+    p.add_argument("--accumulate", type=int, default=1, metavar="N", help="average the gradients of N batches per step (default 1)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the convolutions")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+
+def _speed(a) -> dict:
+    "The speed switches given on the command line, as TrainConfig settings."
+    if a.accumulate < 1: raise UsageError(f"--accumulate must be >= 1, got {a.accumulate}")
+    given = dict(accumulate=a.accumulate, amp=a.amp, channels_last=a.channels_last, compile=a.compile)
+    default = dict(accumulate=1, amp=False, channels_last=False, compile=False)
+    return {k: v for k, v in given.items() if v != default[k]}
 
 def finish_out(out: Path):
     "Drop the training state of a run whose results are written."
@@ -95,7 +110,8 @@ def finish_out(out: Path):
 
 def discover(source, k: int = 30, epochs: int = 30, out="discovery_out", resize=None, keep: int | None = None,
              lam: float = 1e-4, batch_size: int = 8, lr: float = 1e-3, device: str = "auto", seed: int = 0,
-             overwrite: bool = False, max_report: int = 8, progress: bool = True, resume: bool = False) -> dict:
+             overwrite: bool = False, max_report: int = 8, progress: bool = True, resume: bool = False,
+             train_kw: dict | None = None) -> dict:
     "Discover landmarks on the images of `source` (folder, glob or list) and write the results to `out`."
     from shape_nb.io import read_images, stack_images, write_landmarks_csv
     from shape_nb.core import norm_to_index
@@ -114,7 +130,7 @@ def discover(source, k: int = 30, epochs: int = 30, out="discovery_out", resize=
     print(f"{len(x)} {len(shape)}D images of size {shape}; training K={k} landmarks for {epochs} epochs")
     from shape_nb.train import dist_info
     est = LandmarkDiscovery(k=k, lam=lam, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                            random_state=seed, progress=progress, train_options=train_options(out, resume)).fit(x)
+                            random_state=seed, progress=progress, train_options=train_options(out, resume, **(train_kw or {}))).fit(x)
     if dist_info()[0] != 0: return dict(estimator=est)   # under torchrun only rank 0 writes the results
     est.compute_importance(x)
     if keep is not None: est.prune(n_keep=keep)
@@ -170,11 +186,11 @@ def discovery_demo(n: int = 48, size: int = 64, k: int = 16, keep: int = 8, epoc
     print(f"generating control points to the nearest of the {keep} kept landmarks: {dist:.2f} px on average")
     return s
 
-# %% ../nbs/60_cli.ipynb #c54ace1e
+# %% ../nbs/60_cli.ipynb #8384dc99
 def _semisup_train(a):
     from shape_nb.semisup import train_from_folders
     out = prepare_out(a.out, a.overwrite, a.resume)
-    params = dict(rounds=a.rounds, random_state=a.seed, device=a.device, train_options=train_options(out, a.resume))
+    params = dict(rounds=a.rounds, random_state=a.seed, device=a.device, train_options=train_options(out, a.resume, **_speed(a)))
     for k in ("epochs_pretrain", "epochs_round", "epochs_finetune"):
         if getattr(a, k) is not None: params[k] = getattr(a, k)
     if a.supervised_only: params.update(self_training=False)
@@ -191,12 +207,12 @@ def _semisup_predict(a):
     print(f"wrote {a.out}: " + ", ".join(sorted(p.name for p in Path(a.out).iterdir())))
     return s
 
-# %% ../nbs/60_cli.ipynb #519f4090
+# %% ../nbs/60_cli.ipynb #53ff13c7
 def _deepssm_train(a):
     from shape_nb.deepssm import train_from_files
     out = prepare_out(a.out, a.overwrite, a.resume)
     params = dict(kind=a.kind, focal=a.focal, epochs=a.epochs, n_augment=a.augment, batch_size=a.batch_size,
-                  device=a.device, random_state=a.seed, train_options=train_options(out, a.resume))
+                  device=a.device, random_state=a.seed, train_options=train_options(out, a.resume, **_speed(a)))
     train_from_files(a.images, a.points, out / "deepssm.pt", val_images=a.val_images, val_points=a.val_points,
                      resize=a.resize, **params)
     finish_out(out)
@@ -208,7 +224,7 @@ def _deepssm_predict(a):
     r = predict_from_files(a.checkpoint, a.images, out, resize=a.resize, device=a.device)
     print(f"wrote {r['csv']}" + (f" and {len(r['particles'])} .particles files" if r.get("particles") else ""))
 
-# %% ../nbs/60_cli.ipynb #3f6b44ae
+# %% ../nbs/60_cli.ipynb #de141509
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shape_nb", description="Statistical shape analysis straight from images.")
     p.add_argument("--version", action="version", version=f"shape_nb {shape_nb.__version__}")
@@ -244,9 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="discovery_out")
     c.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
-    c.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its training state (same arguments)")
+    _training_args(c)
     c.set_defaults(func=lambda a: discover(a.images, a.k, a.epochs, a.out, a.resize, a.keep, a.lam, a.batch_size,
-                                           a.lr, a.device, a.seed, a.overwrite, resume=a.resume))
+                                           a.lr, a.device, a.seed, a.overwrite, resume=a.resume,
+                                           train_kw=_speed(a)))
     ds = sub.add_parser("deepssm", help="DeepSSM: images to dense correspondences (train / predict)")
     dsub = ds.add_subparsers(dest="deepssm_command", metavar="train|predict", required=True)
     t = dsub.add_parser("train", help="train on images and their correspondences (.particles or CSV)")
@@ -261,7 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resize", type=int, nargs="+", default=None, metavar="N")
     t.add_argument("--device", default="auto"); t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="deepssm_out"); t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its training state (same arguments)")
+    _training_args(t)
     t.set_defaults(func=_deepssm_train)
     q = dsub.add_parser("predict", help="predict correspondences for images with a trained checkpoint")
     q.add_argument("checkpoint"); q.add_argument("images")
@@ -284,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-bad-labels", action="store_true", help="skip LabelMe files with missing/duplicate labels")
     t.add_argument("--device", default="auto"); t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="semisup_out"); t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its training state (same arguments)")
+    _training_args(t)
     t.set_defaults(func=_semisup_train)
     q = ssub.add_parser("predict", help="detect landmarks on a folder of images with a trained checkpoint")
     q.add_argument("checkpoint"); q.add_argument("images")
