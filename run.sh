@@ -2,10 +2,10 @@
 # shape_nb: set up and run.
 #   ./run.sh          create .venv, install, run the demo on the embedded phantoms
 #   ./run.sh test     export/clean checks, notebook tests, pytest (ends with pytest's summary line)
-#   ./run.sh bench    the four benchmarks as CPU smoke runs (--quick --device cpu; tables + bench/results/*.json):
+#   ./run.sh bench    the benchmarks as CPU smoke runs (--quick --device cpu; tables + bench/results/*.json):
 #                     TPS vs kornia and torch-tps, discovery training throughput, DeepSSM speed, semi-supervised
-#                     wall time. Arguments replace the defaults for all four: ./run.sh bench --device cuda runs them
-#                     at full size on a GPU (each bench/*.py docstring gives its own command and options)
+#                     wall time, DDP scaling under torchrun. Arguments replace the defaults for all of them:
+#                     ./run.sh bench --device cuda runs them at full size on a GPU (each bench/*.py docstring gives its own command and options)
 #   ./run.sh readme   regenerate README.md from nbs/index.ipynb
 #   ./run.sh docs     build the documentation site offline into _docs/html (Sphinx + myst-nb over nbs/)
 set -euo pipefail
@@ -73,7 +73,7 @@ case "$cmd" in
     ;;
   bench)
     args=("$@"); [ ${#args[@]} -eq 0 ] && args=(--quick --device cpu)
-    for b in tps throughput deepssm_speed semisup; do
+    for b in tps throughput deepssm_speed semisup ddp_scaling; do
       echo; echo "== python bench/$b.py ${args[*]}"
       python "bench/$b.py" "${args[@]}"
     done
