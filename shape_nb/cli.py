@@ -66,7 +66,7 @@ def tps_demo(n: int = 16, size: int = 128, sigma: float = 0.05, device: str = "a
         if not quiet: print(f"  wrote {out / 'tps_demo.html'} and {out / 'tps_demo.json'}")
     return res
 
-# %% ../nbs/60_cli.ipynb #f0c5e75e
+# %% ../nbs/60_cli.ipynb #d336f5c5
 STATE_DIR = ".train_state"   # inside --out while a run trains; removed when it finishes
 
 def prepare_out(out, overwrite: bool, resume: bool = False) -> Path:
@@ -144,6 +144,7 @@ def discover(source, k: int = 30, epochs: int = 30, out="discovery_out", resize=
     summary = dict(n_images=len(x), image_shape=list(shape), k=k, kept=sorted(kept), epochs=epochs,
                    rel_registration_error_before=err["before"], rel_registration_error_after=err["after"],
                    device=str(next(est.model_.parameters()).device), resumed_from_epoch=est.history_.resumed_from,
+                   skipped_steps=[list(v) for v in est.history_.bad_steps], restored_at=[list(v) for v in est.history_.restores],
                    history=[{k: r[k] for k in ("epoch", "train_loss", "val_loss") if k in r} for r in est.history_.records])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     # report: overlays (2D images, or the middle slice of volumes), importances, training curves
