@@ -150,7 +150,7 @@ def make_loader(dataset,                   # a map-style torch Dataset (e.g. Ten
     return DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
                       pin_memory=torch.device(device).type == "cuda", **kwargs)
 
-# %% ../nbs/07_train.ipynb #a1240502
+# %% ../nbs/07_train.ipynb #5f658b49
 def _plain(x):
     "Dataclasses -> dicts, tuples -> lists, tensors kept: what `weights_only` loading accepts."
     if dataclasses.is_dataclass(x) and not isinstance(x, type): return _plain(dataclasses.asdict(x))
@@ -188,11 +188,15 @@ def _atomic_save(obj, path) -> Path:
 
 def _load(path) -> dict:
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; give the .pt file a training run wrote "
+                                "(e.g. OUT/discovery.pt, OUT/deepssm.pt, OUT/semisup.pt)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable shape_nb checkpoint ({type(e).__name__}: {e})") from e
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable shape_nb checkpoint ({why}); it may be truncated (an interrupted "
+                         "copy) or another kind of file: use the .pt file a training run wrote") from e
     if not isinstance(obj, dict): raise ValueError(f"{path} is not a shape_nb checkpoint")
     return obj
 

@@ -237,7 +237,7 @@ CASES = [
     api(lambda t, mp: predict_folder(t / "missing.pt", pngs(t), t / "o"), FileNotFoundError, "missing.pt",
         "does not exist", id="api-semisup-missing-checkpoint"),
     api(lambda t, mp: predict_from_files((t / "x.pt").write_text("junk") and t / "x.pt", pngs(t), t / "o"), ValueError,
-        "x.pt", "not a readable shape_nb checkpoint", id="api-deepssm-not-a-checkpoint"),
+        "x.pt", "not a readable shape_nb checkpoint", "truncated", id="api-deepssm-not-a-checkpoint"),
     # ---- geometry and models ----
     api(lambda t, mp: tps_fit(torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]]),
                               torch.rand(1, 4, 2)), ValueError, "points 1 and 3", "coincide", "reg > 0",
@@ -284,7 +284,7 @@ CASES = [
     cli(lambda t, mp: ["deepssm", "train", *sum(zip(["--images", "--points"],
                                                     map(str, volumes_with_particles(t, counts=(5, 6, 5)))), ())],
         "disagree on the number of points", id="cli-deepssm-train-wrong-count"),
-    cli(lambda t, mp: ["deepssm", "predict", str(t / "none.pt"), str(pngs(t))], "none.pt", "does not exist",
+    cli(lambda t, mp: ["deepssm", "predict", str(t / "none.pt"), str(pngs(t))], "none.pt", "does not exist", "a training run wrote",
         id="cli-deepssm-predict-missing-checkpoint"),
     cli(lambda t, mp: ["semisup", "train", "--labelled", str(labelled(t, dup_label)), "--size", "16", "16",
                        "--supervised-only"], "01.json", "duplicate label", "--skip-bad-labels",
