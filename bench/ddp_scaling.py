@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import benchlib as bl
+from shape_nb.core import get_device
 
 
 def worker(a):
@@ -63,7 +64,7 @@ def main():
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker: return worker(a)
-    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device)
+    dev = get_device(a.device)
     if a.quick: a.size, a.pairs, a.batch_size, a.epochs, a.n_images = a.size or 48, 128, 8, 3, 16
     a.size = a.size or (256 if a.dim == 2 else 64)
     cores = os.cpu_count() or 1

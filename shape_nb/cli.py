@@ -66,7 +66,7 @@ def tps_demo(n: int = 16, size: int = 128, sigma: float = 0.05, device: str = "a
         if not quiet: print(f"  wrote {out / 'tps_demo.html'} and {out / 'tps_demo.json'}")
     return res
 
-# %% ../nbs/60_cli.ipynb #d336f5c5
+# %% ../nbs/60_cli.ipynb #54e23282
 STATE_DIR = ".train_state"   # inside --out while a run trains; removed when it finishes
 
 def prepare_out(out, overwrite: bool, resume: bool = False) -> Path:
@@ -89,8 +89,12 @@ def train_options(out: Path, resume: bool, **more) -> dict:
     "Training-state checkpoints in `out`/.train_state (every epoch), resumed from when `resume`; `more` TrainConfig settings."
     return dict(checkpoint=str(Path(out) / STATE_DIR / "train_state.pt"), resume=resume, **more)
 
-def _training_args(p):
-    "Options every training command shares: resuming and the speed switches of `shape_nb.train.TrainConfig`."
+def _training_args(p, out: str):
+    "Options every training command shares: device, seed, output folder, resuming and the speed switches of `TrainConfig`."
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=out, help=f"output folder (default {out})")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its training state (same arguments)")
     p.add_argument("--accumulate", type=int, default=1, metavar="N", help="average the gradients of N batches per step (default 1)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
@@ -225,7 +229,7 @@ def _deepssm_predict(a):
     r = predict_from_files(a.checkpoint, a.images, out, resize=a.resize, device=a.device)
     print(f"wrote {r['csv']}" + (f" and {len(r['particles'])} .particles files" if r.get("particles") else ""))
 
-# %% ../nbs/60_cli.ipynb #de141509
+# %% ../nbs/60_cli.ipynb #5db3a7f9
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shape_nb", description="Statistical shape analysis straight from images.")
     p.add_argument("--version", action="version", version=f"shape_nb {shape_nb.__version__}")
@@ -257,11 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--lam", type=float, default=1e-4, help="weight of the TPS condition-number term (default 1e-4)")
     c.add_argument("--batch-size", type=int, default=8, help="image pairs per step (default 8)")
     c.add_argument("--lr", type=float, default=1e-3)
-    c.add_argument("--device", default="auto")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", default="discovery_out")
-    c.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
-    _training_args(c)
+    _training_args(c, "discovery_out")
     c.set_defaults(func=lambda a: discover(a.images, a.k, a.epochs, a.out, a.resize, a.keep, a.lam, a.batch_size,
                                            a.lr, a.device, a.seed, a.overwrite, resume=a.resume,
                                            train_kw=_speed(a)))
@@ -277,9 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--resize", type=int, nargs="+", default=None, metavar="N")
-    t.add_argument("--device", default="auto"); t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="deepssm_out"); t.add_argument("--overwrite", action="store_true")
-    _training_args(t)
+    _training_args(t, "deepssm_out")
     t.set_defaults(func=_deepssm_train)
     q = dsub.add_parser("predict", help="predict correspondences for images with a trained checkpoint")
     q.add_argument("checkpoint"); q.add_argument("images")
@@ -300,9 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--rounds", type=int, default=3, help="self-training rounds (default 3)")
     t.add_argument("--supervised-only", action="store_true", help="the supervised baseline (no self-training)")
     t.add_argument("--skip-bad-labels", action="store_true", help="skip LabelMe files with missing/duplicate labels")
-    t.add_argument("--device", default="auto"); t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="semisup_out"); t.add_argument("--overwrite", action="store_true")
-    _training_args(t)
+    _training_args(t, "semisup_out")
     t.set_defaults(func=_semisup_train)
     q = ssub.add_parser("predict", help="detect landmarks on a folder of images with a trained checkpoint")
     q.add_argument("checkpoint"); q.add_argument("images")
