@@ -23,6 +23,7 @@ __all__ = ['rasterize_polygons', 'FrameTransform', 'fit_to_frame',
            'data_root', 'has_dataset', 'load_mice_vertebrae', 'load_osteosarcoma_cells', 'load_cortical_outlines',
            'load_femurs', 'mesh_volume', 'icosphere', 'mesh_bounds', 'voxelize_mesh',
            'Whitener', 'all_pairs', 'random_pairs', 'PairSampler', 'split_indices', 'ImageSet', 'LandmarkSet']
+from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['rasterize_polygons', 'FrameTransform', 'fit_to_frame', 'data_root', 'has_dataset', 'load_mice_vertebrae',
@@ -39,21 +40,21 @@ def _polygon_list(polygons, name="polygons", d=2, device=None):
     "Validate a list of (K_i, d) polygons or an (n, K, d) array/tensor -> list of float64 tensors."
     if isinstance(polygons, (np.ndarray, torch.Tensor)):
         if polygons.ndim != 3:
-            raise ValueError(f"{name}: expected a list of (K_i, {d}) arrays or an (n, K, {d}) array, got shape "
+            raise InputError(f"{name}: expected a list of (K_i, {d}) arrays or an (n, K, {d}) array, got shape "
                              f"{tuple(polygons.shape)}; wrap a single polygon in a list")
         polygons = list(polygons)
-    if len(polygons) == 0: raise ValueError(f"{name}: got no polygons")
+    if len(polygons) == 0: raise InputError(f"{name}: got no polygons")
     if device is None:
         device = next((p.device for p in polygons if torch.is_tensor(p)), torch.device("cpu"))
     out = []
     for i, p in enumerate(polygons):
         p = _tensor(p).to(device=device, dtype=torch.float64)
         if p.ndim != 2 or p.shape[1] != d:
-            raise ValueError(f"{name}[{i}]: expected shape (K, {d}), got {tuple(p.shape)}")
+            raise InputError(f"{name}[{i}]: expected shape (K, {d}), got {tuple(p.shape)}")
         if p.shape[0] < 3:
-            raise ValueError(f"{name}[{i}]: needs at least 3 points, got {p.shape[0]}")
+            raise InputError(f"{name}[{i}]: needs at least 3 points, got {p.shape[0]}")
         if not torch.isfinite(p).all():
-            raise ValueError(f"{name}[{i}]: contains NaN or Inf coordinates")
+            raise InputError(f"{name}[{i}]: contains NaN or Inf coordinates")
         out.append(p)
     return out
 
@@ -92,11 +93,11 @@ def rasterize_polygons(polygons,                 # list of (K_i, 2) arrays/tenso
                       ) -> torch.Tensor:         # (n, 1, H, W) float32 in [0, 1]
     "Fill closed polygons into anti-aliased `(n, 1, H, W)` masks; pixel value = fraction of sub-pixels inside."
     H, W = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if H < 1 or W < 1: raise ValueError(f"size must be positive, got {(H, W)}")
+    if H < 1 or W < 1: raise InputError(f"size must be positive, got {(H, W)}")
     if int(supersample) != supersample or supersample < 1:
-        raise ValueError(f"supersample must be an integer >= 1, got {supersample}")
+        raise InputError(f"supersample must be an integer >= 1, got {supersample}")
     if fill_rule not in ("evenodd", "nonzero"):
-        raise ValueError(f"fill_rule must be 'evenodd' or 'nonzero', got {fill_rule!r}")
+        raise InputError(f"fill_rule must be 'evenodd' or 'nonzero', got {fill_rule!r}")
     s = int(supersample)
     polys = _polygon_list(polygons, device=device)
     R, C = H * s, W * s
@@ -124,10 +125,10 @@ class FrameTransform(NamedTuple):
             return (p - sh) / sc if inverse else p * sc + sh
         if isinstance(points, (list, tuple)):
             if len(points) != n:
-                raise ValueError(f"FrameTransform: got {len(points)} point sets for a transform of {n} shapes")
+                raise InputError(f"FrameTransform: got {len(points)} point sets for a transform of {n} shapes")
             return [one(p, i) for i, p in enumerate(points)]
         if points.ndim != 3 or points.shape[0] != n or points.shape[-1] != 2:
-            raise ValueError(f"FrameTransform: expected points of shape ({n}, K, 2) or a list of {n} (K_i, 2) arrays, "
+            raise InputError(f"FrameTransform: expected points of shape ({n}, K, 2) or a list of {n} (K_i, 2) arrays, "
                              f"got shape {tuple(points.shape)}")
         sc, sh = self.scale[:, None], self.shift[:, None]
         if torch.is_tensor(points):
@@ -153,8 +154,8 @@ def fit_to_frame(outlines,                    # list of (K_i, 2) arrays or an (n
                 ):                            # (mapped outlines like the input, FrameTransform)
     "Map raw outlines into the normalised frame; also return the `FrameTransform` to map landmarks the same way."
     if per_shape not in ("none", "center", "center_scale"):
-        raise ValueError(f"per_shape must be 'none', 'center' or 'center_scale', got {per_shape!r}")
-    if not 0 <= margin < 1: raise ValueError(f"margin must be in [0, 1), got {margin}")
+        raise InputError(f"per_shape must be 'none', 'center' or 'center_scale', got {per_shape!r}")
+    if not 0 <= margin < 1: raise InputError(f"margin must be in [0, 1), got {margin}")
     pts = [p.numpy() for p in _polygon_list(outlines, "outlines", device="cpu")]
     sign = np.array([1.0, -1.0 if flip_y else 1.0])
     lo = np.stack([(p * sign).min(0) for p in pts]); hi = np.stack([(p * sign).max(0) for p in pts])
@@ -165,7 +166,7 @@ def fit_to_frame(outlines,                    # list of (K_i, 2) arrays or an (n
     axes = ext.min(1) <= 0 if keep_aspect else (ext <= 0).any(1)
     if axes.any():
         i = int(np.nonzero(axes)[0][0])
-        raise ValueError(f"outlines[{i}]: zero extent {tuple(ext[i])}, cannot scale it into the frame")
+        raise InputError(f"outlines[{i}]: zero extent {tuple(ext[i])}, cannot scale it into the frame")
     HW = np.array([1.0, 1.0]) if size is None else np.array([float(size[1]), float(size[0])])   # (W, H) per axis
     half = 1.0 - margin
     if keep_aspect:
@@ -196,22 +197,22 @@ def _dataset_dir(name, root=None) -> Path:
     if root is None:
         root = data_root()
         if root is None:
-            raise FileNotFoundError(f"shape_nb real-data folder not found ($SHAPE_NB_DATA, or ../shared/data beside the "
+            raise MissingFileError(f"shape_nb real-data folder not found ($SHAPE_NB_DATA, or ../shared/data beside the "
                                     f"working directory or the repository); set the environment "
                                     f"variable SHAPE_NB_DATA to the folder holding {name!r}, or pass root=")
     d = Path(root) / name
     if not d.is_dir():
-        raise FileNotFoundError(f"data set folder {str(d)!r} not found; the data root {str(root)!r} should hold a {name!r} folder")
+        raise MissingFileError(f"data set folder {str(d)!r} not found; the data root {str(root)!r} should hold a {name!r} folder")
     return d
 
 def _read_csv(path: Path) -> list:
-    if not path.is_file(): raise FileNotFoundError(f"{str(path)!r} not found")
+    if not path.is_file(): raise MissingFileError(f"{str(path)!r} not found")
     with open(path, newline="") as f: return list(csv.DictReader(f))
 
 def _check_layout(rows, n, k, path):
     "Rows must be ordered specimen-major, point-minor."
     if len(rows) != n * k or any(int(r["specimen"]) != i // k or int(r["point"]) != i % k for i, r in enumerate(rows)):
-        raise ValueError(f"{str(path)!r}: expected {n} specimens x {k} points in specimen, point order")
+        raise InputError(f"{str(path)!r}: expected {n} specimens x {k} points in specimen, point order")
 
 # %% ../nbs/03_data.ipynb #b22518e5
 def load_mice_vertebrae(root=None,  # data root (default: `data_root()`)
@@ -231,17 +232,17 @@ def load_osteosarcoma_cells(root=None,  # data root (default: `data_root()`)
     d = _dataset_dir("osteosarcoma_cells", root)
     files = {k: d / f"{k}.txt" for k in ("cells", "cell_lines", "treatments")}
     for p in files.values():
-        if not p.is_file(): raise FileNotFoundError(f"{str(p)!r} not found")
+        if not p.is_file(): raise MissingFileError(f"{str(p)!r} not found")
     blocks = [b for b in files["cells"].read_text().strip().split("\n\n") if b.strip()]
     contours = []
     for i, b in enumerate(blocks):
         v = np.array(b.split(), dtype=float)
-        if v.size % 2: raise ValueError(f"{str(files['cells'])!r}: contour {i} has an odd number of values")
+        if v.size % 2: raise InputError(f"{str(files['cells'])!r}: contour {i} has an odd number of values")
         contours.append(v.reshape(-1, 2))
     labels = {k: np.array(files[k].read_text().split()) for k in ("cell_lines", "treatments")}
     for k, v in labels.items():
         if len(v) != len(contours):
-            raise ValueError(f"{str(files[k])!r} has {len(v)} labels for {len(contours)} contours")
+            raise InputError(f"{str(files[k])!r} has {len(v)} labels for {len(contours)} contours")
     return dict(contours=contours, cell_line=labels["cell_lines"], treatment=labels["treatments"])
 
 # %% ../nbs/03_data.ipynb #45c55dc8
@@ -262,7 +263,7 @@ def load_femurs(root=None,  # data root (default: `data_root()`)
                ) -> dict:   # mean, modes, scores, eigvals, faces, surfaces(idx)
     "The left-femur shape model: mean (5116, 3) mm, modes (10, 5116, 3), scores (324, 10), eigvals, faces, `surfaces(idx)`."
     path = _dataset_dir("femurs", root) / "femur_model_left.npz"
-    if not path.is_file(): raise FileNotFoundError(f"{str(path)!r} not found")
+    if not path.is_file(): raise MissingFileError(f"{str(path)!r} not found")
     with np.load(path) as z:
         m = {k: z[k] for k in ("mean", "modes", "scores", "eigvals", "faces")}
     m["faces"] = m["faces"].astype(np.int64)
@@ -321,7 +322,7 @@ def mesh_bounds(vertices,                 # list of (V_i, 3) arrays/tensors or a
     lo = torch.stack([v.amin(0) for v in vs]).amin(0).numpy() - margin_mm
     hi = torch.stack([v.amax(0) for v in vs]).amax(0).numpy() + margin_mm
     sp = np.broadcast_to(np.asarray(spacing, dtype=float), (3,))
-    if (sp <= 0).any(): raise ValueError(f"spacing must be positive, got {tuple(sp)}")
+    if (sp <= 0).any(): raise InputError(f"spacing must be positive, got {tuple(sp)}")
     n = np.ceil((hi - lo) / sp).astype(int) + 1                 # voxel centres per axis (x, y, z)
     origin = (lo + hi) / 2 - (n - 1) * sp / 2
     return tuple(float(o) for o in origin), tuple(int(k) for k in n[::-1])
@@ -344,12 +345,12 @@ def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
     v = _tensor(vertices).double()
     f = _tensor(faces).to(v.device)
     check_shape(v, "V 3", "vertices"); check_shape(f, "F 3", "faces")
-    if f.is_floating_point(): raise ValueError(f"faces must be integer vertex indices, got dtype {f.dtype}")
+    if f.is_floating_point(): raise InputError(f"faces must be integer vertex indices, got dtype {f.dtype}")
     f = f.long()
     if len(f) and (f.min() < 0 or f.max() >= len(v)):
-        raise ValueError(f"faces index vertices 0..{len(v) - 1}, got indices {int(f.min())}..{int(f.max())}")
-    if not torch.isfinite(v).all(): raise ValueError("vertices contain NaN or Inf")
-    if len(shape) != 3: raise ValueError(f"shape must be (D, H, W), got {tuple(shape)}")
+        raise InputError(f"faces index vertices 0..{len(v) - 1}, got indices {int(f.min())}..{int(f.max())}")
+    if not torch.isfinite(v).all(): raise InputError("vertices contain NaN or Inf")
+    if len(shape) != 3: raise InputError(f"shape must be (D, H, W), got {tuple(shape)}")
     D, H, W = (int(s) for s in shape)
     n_open = _open_edges(f)
     if n_open:
@@ -358,8 +359,8 @@ def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
     sp, org = np.asarray(spacing, dtype=float), np.asarray(origin, dtype=float)
     if sp.size == 1: sp = np.full(3, float(sp))
     for nm, val in (("spacing", sp), ("origin", org)):
-        if val.shape != (3,): raise ValueError(f"{nm} must have 3 values (x, y, z) mm, got {val.tolist()}")
-    if not (sp > 0).all(): raise ValueError(f"spacing must be positive, got {sp.tolist()}")
+        if val.shape != (3,): raise InputError(f"{nm} must have 3 values (x, y, z) mm, got {val.tolist()}")
+    if not (sp > 0).all(): raise InputError(f"spacing must be positive, got {sp.tolist()}")
     sp, org = torch.as_tensor(sp, device=v.device), torch.as_tensor(org, device=v.device)
     p = (v - org) / sp                                                   # continuous voxel indices (x, y, z)
     p[:, 0] -= jitter * 0.7548776662466927                               # shift the mesh = shift the rays
@@ -399,16 +400,16 @@ def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
 # %% ../nbs/03_data.ipynb #40490393
 def _check_images(x, name="images", allow_constant=False):
     "(n, C, ...) tensor: raise a ValueError naming the first image with NaN/Inf or (optionally) constant values."
-    if x.ndim < 2: raise ValueError(f"{name}: expected a batch (n, C, *spatial), got shape {tuple(x.shape)}")
+    if x.ndim < 2: raise InputError(f"{name}: expected a batch (n, C, *spatial), got shape {tuple(x.shape)}")
     flat = x.reshape(len(x), -1)
     bad = ~torch.isfinite(flat).all(1)
     if bad.any():
-        raise ValueError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values; fix or drop it")
+        raise InputError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values; fix or drop it")
     if not allow_constant:
         const = flat.amax(1) == flat.amin(1)
         if const.any():
             i = int(const.nonzero()[0])
-            raise ValueError(f"{name}: image {i} is constant (every value is {float(flat[i, 0])}), so its std is 0; "
+            raise InputError(f"{name}: image {i} is constant (every value is {float(flat[i, 0])}), so its std is 0; "
                              f"drop it or check how it was read")
 
 class Whitener:
@@ -423,7 +424,7 @@ class Whitener:
         x = images.double()
         self.mean_, self.std_ = x.mean(), x.std(correction=0)
         if not self.std_ > 0:
-            raise ValueError(f"images: every value of all {len(x)} images is {float(x.flatten()[0])}, so the set's std is 0 "
+            raise InputError(f"images: every value of all {len(x)} images is {float(x.flatten()[0])}, so the set's std is 0 "
                              f"and whitening would divide by zero; check that the files were read correctly (blank "
                              f"images?) and give images with some contrast")
         return self
@@ -441,7 +442,7 @@ class Whitener:
         x = images.double()
         if self.per_image: mean, std = self._stats(x)
         else:
-            if not hasattr(self, "mean_"): raise ValueError("Whitener is not fitted: call fit(images) first")
+            if not hasattr(self, "mean_"): raise InputError("Whitener is not fitted: call fit(images) first")
             mean, std = self.mean_.to(x.device), self.std_.to(x.device)
         out = ((x - mean) / std).to(images.dtype)
         return (out, (mean, std)) if return_stats else out
@@ -456,8 +457,8 @@ class Whitener:
         "Undo `transform`."
         if stats is None:
             if self.per_image:
-                raise ValueError("per-image whitening: pass stats=(mean, std) from transform(..., return_stats=True)")
-            if not hasattr(self, "mean_"): raise ValueError("Whitener is not fitted: call fit(images) first")
+                raise InputError("per-image whitening: pass stats=(mean, std) from transform(..., return_stats=True)")
+            if not hasattr(self, "mean_"): raise InputError("Whitener is not fitted: call fit(images) first")
             stats = (self.mean_, self.std_)
         mean, std = (torch.as_tensor(s, dtype=torch.float64, device=z.device) for s in stats)
         return (z.double() * std + mean).to(z.dtype)
@@ -498,7 +499,7 @@ def random_pairs(n: int,            # number of items (>= 2)
                  device=None,
                 ) -> torch.Tensor:  # (m, 2) int64
     "`m` pairs drawn uniformly (with replacement) from the pairs of `range(n)` with `i != j`."
-    if n < 2: raise ValueError(f"random_pairs needs n >= 2 items, got n = {n}")
+    if n < 2: raise InputError(f"random_pairs needs n >= 2 items, got n = {n}")
     gdev = generator.device if generator is not None else device
     i = torch.randint(0, n, (m,), generator=generator, device=gdev)
     j = (i + torch.randint(1, n, (m,), generator=generator, device=gdev)) % n   # uniform over the others
@@ -515,11 +516,11 @@ class PairSampler:
                  shuffle: bool = True,            # shuffle the all-pairs order every epoch
                  random_state: int = 0,           # seed; epoch e always gives the same pairs
                 ):
-        if n < 2: raise ValueError(f"PairSampler needs n >= 2 items, got n = {n}")
+        if n < 2: raise InputError(f"PairSampler needs n >= 2 items, got n = {n}")
         self.n, self.max_all, self.ordered, self.shuffle, self.random_state = n, max_all, ordered, shuffle, random_state
         full = max_all * (max_all - 1) // (1 if ordered else 2)
         self.pairs_per_epoch = pairs_per_epoch if pairs_per_epoch is not None else max(full, 1)
-        if self.pairs_per_epoch < 1: raise ValueError(f"pairs_per_epoch must be >= 1, got {pairs_per_epoch}")
+        if self.pairs_per_epoch < 1: raise InputError(f"pairs_per_epoch must be >= 1, got {pairs_per_epoch}")
         self.epoch = 0
 
     @property
@@ -557,8 +558,8 @@ def split_indices(n: int,                                  # number of items
     "Random, deterministic split of `range(n)` into disjoint train/val/test index arrays covering all items."
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1) > 1e-6:
-        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1 (train, val, test), got {tuple(fractions)}")
-    if n < 0: raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"fractions must be 3 non-negative numbers summing to 1 (train, val, test), got {tuple(fractions)}")
+    if n < 0: raise InputError(f"n must be >= 0, got {n}")
     raw = fr * n
     k = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - k), kind="stable")[: n - k.sum()]: k[i] += 1   # largest remainders
@@ -575,28 +576,28 @@ def _landmark_tensor(landmarks, n, d=None, name="landmarks", check_range=True):
     "List (None allowed) or (n, K, d) array -> ((n, K, d) float tensor with NaN rows for None, labelled (n,) bool)."
     if isinstance(landmarks, (np.ndarray, torch.Tensor)):
         if landmarks.ndim != 3:
-            raise ValueError(f"{name}: expected shape (n, K, d) or a list of (K, d) arrays, got {tuple(landmarks.shape)}")
+            raise InputError(f"{name}: expected shape (n, K, d) or a list of (K, d) arrays, got {tuple(landmarks.shape)}")
         landmarks = list(landmarks)
     if n is not None and len(landmarks) != n:
-        raise ValueError(f"{name}: got {len(landmarks)} entries for {n} images; give one (K, d) array (or None) per image")
+        raise InputError(f"{name}: got {len(landmarks)} entries for {n} images; give one (K, d) array (or None) per image")
     ref = next((i for i, l in enumerate(landmarks) if l is not None), None)
-    if ref is None: raise ValueError(f"{name}: every entry is None; pass landmarks=None for an unlabelled set")
+    if ref is None: raise InputError(f"{name}: every entry is None; pass landmarks=None for an unlabelled set")
     items = [None if l is None else _tensor(l) for l in landmarks]
     K, dd = items[ref].shape if items[ref].ndim == 2 else (None, None)
     dtype = items[ref].dtype if items[ref].is_floating_point() else torch.float32
     for i, l in enumerate(items):
         if l is None: continue
-        if l.ndim != 2: raise ValueError(f"{name}[{i}]: expected shape (K, d), got {tuple(l.shape)}")
+        if l.ndim != 2: raise InputError(f"{name}[{i}]: expected shape (K, d), got {tuple(l.shape)}")
         if d is not None and l.shape[1] != d:
-            raise ValueError(f"{name}[{i}]: has {l.shape[1]} coordinates per point but the images are {d}D")
+            raise InputError(f"{name}[{i}]: has {l.shape[1]} coordinates per point but the images are {d}D")
         if l.shape != (K, dd):
-            raise ValueError(f"{name}[{i}]: has {l.shape[0]} points of dimension {l.shape[1]} but {name}[{ref}] has "
+            raise InputError(f"{name}[{i}]: has {l.shape[0]} points of dimension {l.shape[1]} but {name}[{ref}] has "
                              f"{K} of dimension {dd}; every item needs the same K landmarks in the same order")
-        if not torch.isfinite(l).all(): raise ValueError(f"{name}[{i}]: contains NaN or Inf; use None for an unlabelled item")
+        if not torch.isfinite(l).all(): raise InputError(f"{name}[{i}]: contains NaN or Inf; use None for an unlabelled item")
         if check_range and l.abs().max() > 1.5:
-            raise ValueError(f"{name}[{i}]: coordinates up to {float(l.abs().max()):.4g} lie far outside the normalised "
+            raise InputError(f"{name}[{i}]: coordinates up to {float(l.abs().max()):.4g} lie far outside the normalised "
                              f"[-1, 1] frame; convert pixel indices with shape_nb.core.index_to_norm")
-    if dd not in (2, 3): raise ValueError(f"{name}: points must have 2 or 3 coordinates, got {dd}")
+    if dd not in (2, 3): raise InputError(f"{name}: points must have 2 or 3 coordinates, got {dd}")
     labelled = torch.tensor([l is not None for l in items])
     out = torch.stack([torch.full((K, dd), float("nan"), dtype=dtype) if l is None else l.to(dtype) for l in items])
     return out, labelled
@@ -604,7 +605,7 @@ def _landmark_tensor(landmarks, n, d=None, name="landmarks", check_range=True):
 def _names(names, n, name="names"):
     if names is None: return [str(i) for i in range(n)]
     names = [str(s) for s in names]
-    if len(names) != n: raise ValueError(f"{name}: got {len(names)} names for {n} items")
+    if len(names) != n: raise InputError(f"{name}: got {len(names)} names for {n} items")
     return names
 
 class ImageSet(Dataset):
@@ -620,12 +621,12 @@ class ImageSet(Dataset):
             if len(shapes) > 1:
                 first = tuple(images[0].shape)
                 i = next(i for i, im in enumerate(images) if tuple(im.shape) != first)
-                raise ValueError(f"images[{i}] has shape {tuple(images[i].shape)} but images[0] has {first}; "
+                raise InputError(f"images[{i}] has shape {tuple(images[i].shape)} but images[0] has {first}; "
                                  f"resample to one shape first")
             images = torch.stack([torch.as_tensor(im) for im in images])
         images = torch.as_tensor(images)
         if images.ndim not in (4, 5):
-            raise ValueError(f"images: expected (n, C, H, W) or (n, C, D, H, W), got shape {tuple(images.shape)}")
+            raise InputError(f"images: expected (n, C, H, W) or (n, C, D, H, W), got shape {tuple(images.shape)}")
         self.images = images
         n, d = len(images), images.ndim - 2
         self.spatial_dims = d
@@ -637,7 +638,7 @@ class ImageSet(Dataset):
             check_shape(sp, "n d", "spacing", n=n, d=d)
             if not (sp > 0).all():
                 i = int((sp <= 0).any(1).nonzero()[0])
-                raise ValueError(f"spacing must be positive, got {sp[i].tolist()} for image {i}")
+                raise InputError(f"spacing must be positive, got {sp[i].tolist()} for image {i}")
             spacing = sp.contiguous()
         self.spacing = spacing
         self.names = _names(names, n)
@@ -676,11 +677,11 @@ class LandmarkSet(Dataset):
         self.landmarks, _ = _landmark_tensor(landmarks, n, check_range=check_range)
         if any(l is None for l in landmarks):
             i = next(i for i, l in enumerate(landmarks) if l is None)
-            raise ValueError(f"landmarks[{i}] is None; a LandmarkSet needs every configuration")
+            raise InputError(f"landmarks[{i}] is None; a LandmarkSet needs every configuration")
         self.names = _names(names, n)
         if groups is not None:
             groups = np.asarray(groups)
-            if len(groups) != n: raise ValueError(f"groups: got {len(groups)} labels for {n} items")
+            if len(groups) != n: raise InputError(f"groups: got {len(groups)} labels for {n} items")
         self.groups = groups
 
     def __len__(self): return len(self.landmarks)

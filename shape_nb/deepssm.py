@@ -21,6 +21,7 @@ from .data import Whitener, split_indices, voxelize_mesh, mesh_bounds, load_femu
 from .shape import ShapePCA, KDESampler, procrustes_align, apply_similarity
 from .nets import BaseDeepSSM, TLDeepSSM
 from .train import TrainConfig, History, fit, make_loader, save_checkpoint, load_checkpoint, train_config, train_device
+from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['ellipsoid_dataset', 'farthest_point_sampling', 'vertex_normals', 'cam_lesion', 'ct_like', 'femur_dataset',
@@ -66,7 +67,7 @@ def farthest_point_sampling(points,          # (N, d) points
     "Greedy farthest-point subset: each pick is the point farthest from those already picked."
     P = points.detach().cpu().double().numpy() if torch.is_tensor(points) else np.asarray(points, dtype=np.float64)
     check_shape(P, "N d", "points")
-    if not 1 <= k <= len(P): raise ValueError(f"k must be in 1..{len(P)} (the number of points), got {k}")
+    if not 1 <= k <= len(P): raise InputError(f"k must be in 1..{len(P)} (the number of points), got {k}")
     idx = np.empty(k, dtype=np.int64); idx[0] = start
     dist = ((P - P[start]) ** 2).sum(1)
     for j in range(1, k):
@@ -138,9 +139,9 @@ def ct_like(masks,                         # (n, *fine_spatial) inside masks on 
         torch.Generator().manual_seed(int(np.random.default_rng(random_state).integers(2**63)))
     m = torch.as_tensor(masks).float()[:, None]
     d = m.ndim - 2
-    if d not in (2, 3): raise ValueError(f"masks: expected (n, H, W) or (n, D, H, W), got shape {tuple(masks.shape)}")
+    if d not in (2, 3): raise InputError(f"masks: expected (n, H, W) or (n, D, H, W), got shape {tuple(masks.shape)}")
     if any(s % factor for s in m.shape[2:]):
-        raise ValueError(f"masks: the fine grid {tuple(m.shape[2:])} must be divisible by factor={factor}")
+        raise InputError(f"masks: the fine grid {tuple(m.shape[2:])} must be divisible by factor={factor}")
     maxpool, avgpool = (F.max_pool2d, F.max_pool3d)[d - 2], (F.avg_pool2d, F.avg_pool3d)[d - 2]
     inner = 1 - maxpool(1 - m, 2 * shell + 1, stride=1, padding=shell)
     cortex = m - inner
@@ -221,44 +222,44 @@ def _matching_pairs(pairs, x, P, name):
     "(images, points) of a validation/extra set, checked against the training images `x` and points `P`."
     xs = _as_images(pairs[0], f"{name} images")
     if tuple(xs.shape[1:]) != tuple(x.shape[1:]):
-        raise ValueError(f"{name} images have shape {tuple(xs.shape[1:])} but the training images {tuple(x.shape[1:])}")
+        raise InputError(f"{name} images have shape {tuple(xs.shape[1:])} but the training images {tuple(x.shape[1:])}")
     Ps = _as_points(pairs[1], len(xs), x.ndim - 2, f"{name} points")
     if Ps.shape[1] != P.shape[1]:
-        raise ValueError(f"{name} points have {Ps.shape[1]} correspondences but the training points {P.shape[1]}")
+        raise InputError(f"{name} points have {Ps.shape[1]} correspondences but the training points {P.shape[1]}")
     return xs, Ps
 
 def _as_images(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images) if isinstance(images, np.memmap) else images)
     if x.ndim not in (4, 5) or x.shape[1] != 1:
-        raise ValueError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W), got shape {tuple(x.shape)}")
+        raise InputError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W), got shape {tuple(x.shape)}")
     if not x.is_floating_point(): x = x.float()
     bad = ~torch.isfinite(x.flatten(1)).all(1)
-    if bad.any(): raise ValueError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
+    if bad.any(): raise InputError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
     return x
 
 def _as_points(points, n, d, name="points") -> np.ndarray:
     P = points.detach().cpu().double().numpy() if torch.is_tensor(points) else np.asarray(points, dtype=np.float64)
     if P.ndim != 3:
-        raise ValueError(f"{name}: expected correspondences of shape (n, M, {d}), got shape {P.shape}")
+        raise InputError(f"{name}: expected correspondences of shape (n, M, {d}), got shape {P.shape}")
     if len(P) != n:
-        raise ValueError(f"{name}: got {len(P)} point sets for {n} images; give one (M, {d}) set per image, in the same order")
+        raise InputError(f"{name}: got {len(P)} point sets for {n} images; give one (M, {d}) set per image, in the same order")
     if P.shape[2] != d:
-        raise ValueError(f"{name}: the points have {P.shape[2]} coordinates but the images are {d}D; "
+        raise InputError(f"{name}: the points have {P.shape[2]} coordinates but the images are {d}D; "
                          f"use (x, y{', z' if d == 3 else ''}) points")
     bad = ~np.isfinite(P).all((1, 2))
-    if bad.any(): raise ValueError(f"{name}: point set {int(np.flatnonzero(bad)[0])} contains NaN or Inf")
+    if bad.any(): raise InputError(f"{name}: point set {int(np.flatnonzero(bad)[0])} contains NaN or Inf")
     return P
 
 def _geometry(spacing, origin, n, d):
     "Per-image (n, d) spacing and origin arrays, or (None, None) for normalised points."
     if spacing is None:
-        if origin is not None: raise ValueError("origin was given without spacing; give both (points in mm) or neither (normalised points)")
+        if origin is not None: raise InputError("origin was given without spacing; give both (points in mm) or neither (normalised points)")
         return None, None
     sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (n, d)).copy() if np.ndim(spacing) <= 1 else np.asarray(spacing, dtype=np.float64)
     org = np.zeros((n, d)) if origin is None else (
         np.broadcast_to(np.asarray(origin, dtype=np.float64), (n, d)).copy() if np.ndim(origin) <= 1 else np.asarray(origin, dtype=np.float64))
     check_shape(sp, "n d", "spacing", n=n, d=d); check_shape(org, "n d", "origin", n=n, d=d)
-    if not (sp > 0).all(): raise ValueError(f"spacing must be positive, got {sp[(sp <= 0).any(1)][0].tolist()}")
+    if not (sp > 0).all(): raise InputError(f"spacing must be positive, got {sp[(sp <= 0).any(1)][0].tolist()}")
     return sp, org
 
 def _to_norm(P, S, sp, org):
@@ -291,9 +292,9 @@ def augment_pairs(images,                    # (N, 1, *spatial) real images
     x = _as_images(images)
     N, d, S = len(x), x.ndim - 2, tuple(x.shape[2:])
     P = _as_points(points, N, d)
-    if N < 2: raise ValueError(f"augmentation needs at least 2 real pairs (a PCA), got {N}")
-    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
-    if control not in ("fps", "random"): raise ValueError(f"control must be 'fps' or 'random', got {control!r}")
+    if N < 2: raise InputError(f"augmentation needs at least 2 real pairs (a PCA), got {N}")
+    if n < 1: raise InputError(f"n must be >= 1, got {n}")
+    if control not in ("fps", "random"): raise InputError(f"control must be 'fps' or 'random', got {control!r}")
     sp, org = _geometry(spacing, origin, N, d)
     dev = get_device(device)
     rng = np.random.default_rng(random_state)
@@ -346,7 +347,7 @@ def load_augmented(out_dir) -> Augmented:  # a folder written by `augment_pairs(
     out_dir = Path(out_dir)
     names = ("images", "points", "scores", "base_index", "residual")
     missing = [f"{k}.npy" for k in names if not (out_dir / f"{k}.npy").is_file()]
-    if missing: raise FileNotFoundError(f"{out_dir}: missing {', '.join(missing)}; is this a folder written by augment_pairs(out_dir=...)?")
+    if missing: raise MissingFileError(f"{out_dir}: missing {', '.join(missing)}; is this a folder written by augment_pairs(out_dir=...)?")
     return Augmented(np.load(out_dir / "images.npy", mmap_mode="r"), *(np.load(out_dir / f"{k}.npy") for k in names[1:]))
 
 # %% ../nbs/20_deepssm.ipynb #d4546cc4
@@ -359,17 +360,17 @@ def focal_loss(pred: torch.Tensor,      # (..., d) predicted points (or latent c
               ) -> torch.Tensor:
     "Focal regression loss l^2 / (1 + exp(a (c - l))) with l the per-point Euclidean (or per-element absolute) error."
     if pred.shape != target.shape:
-        raise ValueError(f"pred has shape {tuple(pred.shape)} but target has {tuple(target.shape)}")
+        raise InputError(f"pred has shape {tuple(pred.shape)} but target has {tuple(target.shape)}")
     diff2 = (pred - target) ** 2
     if per == "point": l2 = diff2.sum(-1)
     elif per == "element": l2 = diff2
-    else: raise ValueError(f"per must be 'point' or 'element', got {per!r}")
+    else: raise InputError(f"per must be 'point' or 'element', got {per!r}")
     l = l2.clamp_min(torch.finfo(l2.dtype).tiny).sqrt()
     out = l2 * torch.sigmoid(a * (l - c))
     if reduction == "mean": return out.mean()
     if reduction == "sum": return out.sum()
     if reduction == "none": return out
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    raise InputError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 def focal_threshold(points,              # (n, M, d) training correspondences (or (n, L) codes with per='element')
                     q: float = 90.0,     # percentile
@@ -381,7 +382,7 @@ def focal_threshold(points,              # (n, M, d) training correspondences (o
     dev = X - (X.mean(0) if mean is None else np.asarray(mean, dtype=np.float64))
     if per == "point": dist = np.sqrt((dev ** 2).sum(-1))
     elif per == "element": dist = np.abs(dev)
-    else: raise ValueError(f"per must be 'point' or 'element', got {per!r}")
+    else: raise InputError(f"per must be 'point' or 'element', got {per!r}")
     return float(np.percentile(dist, q))
 
 # %% ../nbs/20_deepssm.ipynb #91b059bc
@@ -441,15 +442,15 @@ class DeepSSM:
         return {k: getattr(self, k) for k in _PARAMS}
 
     def _check_params(self):
-        if self.kind not in ("base", "tl"): raise ValueError(f"kind must be 'base' or 'tl', got {self.kind!r}")
-        if self.loss not in ("points", "scores"): raise ValueError(f"loss must be 'points' or 'scores', got {self.loss!r}")
+        if self.kind not in ("base", "tl"): raise InputError(f"kind must be 'base' or 'tl', got {self.kind!r}")
+        if self.loss not in ("points", "scores"): raise InputError(f"loss must be 'points' or 'scores', got {self.loss!r}")
         if self.kind == "tl" and self.loss != "points":
-            raise ValueError("loss='scores' (eq. 3) applies to kind='base' only; TL-DeepSSM trains on correspondences and its latent code")
-        if self.focal_per not in ("point", "element"): raise ValueError(f"focal_per must be 'point' or 'element', got {self.focal_per!r}")
-        if not 0 < self.focal_q < 100: raise ValueError(f"focal_q must be a percentile in (0, 100), got {self.focal_q}")
-        if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.n_augment < 0: raise ValueError(f"n_augment must be >= 0, got {self.n_augment}")
-        if not 0 <= self.val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise InputError("loss='scores' (eq. 3) applies to kind='base' only; TL-DeepSSM trains on correspondences and its latent code")
+        if self.focal_per not in ("point", "element"): raise InputError(f"focal_per must be 'point' or 'element', got {self.focal_per!r}")
+        if not 0 < self.focal_q < 100: raise InputError(f"focal_q must be a percentile in (0, 100), got {self.focal_q}")
+        if self.batch_size < 1: raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.n_augment < 0: raise InputError(f"n_augment must be >= 0, got {self.n_augment}")
+        if not 0 <= self.val_fraction < 1: raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def _cfg(self, epochs, dev, stage) -> TrainConfig:
         return train_config(self.train_options, stage, epochs=epochs or self.epochs, lr=self.lr, weight_decay=self.weight_decay,
@@ -502,7 +503,7 @@ class DeepSSM:
             xv, Pv = x[torch.as_tensor(va)], P[va]
         else:
             tr, xv, Pv = np.arange(n), None, None
-        if len(tr) < 2: raise ValueError(f"DeepSSM needs at least 2 training pairs (a shape model), got {len(tr)}")
+        if len(tr) < 2: raise InputError(f"DeepSSM needs at least 2 training pairs (a shape model), got {len(tr)}")
         dev = train_device(self.device, self.train_options)
         seed_everything(self.random_state)
         xt, Pt = x[torch.as_tensor(tr)], P[tr]
@@ -558,7 +559,7 @@ class DeepSSM:
     def _fit_tl(self, X, Y, Xv, Yv, Preal, dev):
         center = Preal.mean(0)
         scale = float(np.sqrt(((Preal - center) ** 2).mean()))
-        if not scale > 0: raise ValueError("the training correspondences are all identical: nothing to learn")
+        if not scale > 0: raise InputError("the training correspondences are all identical: nothing to learn")
         net = self.model_ = TLDeepSSM(self.n_points_, self.latent, self.dim_, hidden=tuple(self.ae_hidden), center=center,
                                       scale=scale, **self._enc_kw()).to(dev)
         hist = self.history_ = {}
@@ -609,7 +610,7 @@ class DeepSSM:
         self._check_fitted()
         x = _as_images(images)
         if tuple(x.shape[1:]) != self.image_shape_:
-            raise ValueError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
+            raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
                              f"resample them to the training size first")
         return x
 
@@ -713,7 +714,7 @@ def read_points(source,  # folder / glob / list of .particles (.pts, LabelMe .js
                ) -> tuple[list[str], np.ndarray]:  # names (file stems or CSV image names), (n, M, d) float64
     "Read the correspondences of several shapes from one file per shape or from one CSV file."
     if isinstance(source, (str, Path)) and str(source).lower().endswith(".csv"):
-        if not Path(source).is_file(): raise FileNotFoundError(f"points CSV file not found: {source}")
+        if not Path(source).is_file(): raise MissingFileError(f"points CSV file not found: {source}")
         names, P = read_landmarks_csv(source)
         return [_stem(s) for s in names], P
     P, files, _ = read_landmark_folder(source)
@@ -725,21 +726,21 @@ def _pair(images, names, P, what="points"):
     if set(names) & set(stems):    # the names are meant to match the images
         dup = sorted({s for s in names if names.count(s) > 1})
         if dup:
-            raise ValueError(f"{what}: the name(s) {dup[:5]} occur more than once; every image needs exactly one set "
+            raise InputError(f"{what}: the name(s) {dup[:5]} occur more than once; every image needs exactly one set "
                              f"of correspondences: remove or rename the duplicates")
         miss, extra = [s for s in stems if s not in names], [s for s in names if s not in stems]
         if miss or extra:
-            raise ValueError(f"got {len(images)} images but {len(P)} {what} sets, matched by file name: "
+            raise InputError(f"got {len(images)} images but {len(P)} {what} sets, matched by file name: "
                              + "; ".join(([f"no {what} for image(s) {miss[:5]}"] if miss else [])
                                          + ([f"{what} for no image: {extra[:5]}"] if extra else []))
                              + "; give every image one points file named like it (001.nii.gz <-> 001.particles)")
         P = P[[names.index(s) for s in stems]]
     elif len(P) != len(images):
-        raise ValueError(f"got {len(images)} images but {len(P)} {what} sets; every image needs one set of correspondences "
+        raise InputError(f"got {len(images)} images but {len(P)} {what} sets; every image needs one set of correspondences "
                          f"(matched by file name, else by sorted order)")
     d = images[0].ndim
     if P.shape[2] != d:
-        raise ValueError(f"the {what} have {P.shape[2]} coordinates but the images are {d}D")
+        raise InputError(f"the {what} have {P.shape[2]} coordinates but the images are {d}D")
     return P
 
 def _read_pairs(images, points, resize, what):
@@ -758,7 +759,7 @@ def train_from_files(images,             # training images: folder, glob pattern
                     ) -> DeepSSM:
     "Train DeepSSM from image and correspondence files and write the checkpoint; returns the fitted estimator."
     if (val_images is None) != (val_points is None):
-        raise ValueError("give both val_images and val_points, or neither")
+        raise InputError("give both val_images and val_points, or neither")
     ims, x, P = _read_pairs(images, points, resize, "points")
     val = None
     if val_images is not None:
@@ -783,7 +784,7 @@ def predict_from_files(checkpoint,       # a `DeepSSM.save` / `train_from_files`
     est = DeepSSM.load(checkpoint, device)
     ims = read_images(images, resize)
     if ims[0].shape != est.image_shape_[1:]:
-        raise ValueError(f"the images have shape {ims[0].shape} but the model was trained on {est.image_shape_[1:]}; "
+        raise InputError(f"the images have shape {ims[0].shape} but the model was trained on {est.image_shape_[1:]}; "
                          f"pass resize={est.image_shape_[1:]} (or images of the training size)")
     P = est.predict(stack_images(ims), batch_size).double().numpy()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)

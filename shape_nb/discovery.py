@@ -23,6 +23,7 @@ from .phantoms import image_corners
 from .nets import LandmarkRegressor
 from .shape import ShapePCA, PPCA
 from .train import TrainConfig, History, fit, save_checkpoint, load_checkpoint, train_config, train_device
+from .core import InputError
 
 # %% auto #0
 __all__ = ['fixed_points', 'register_pair', 'image_match', 'discovery_loss', 'landmark_importance', 'relative_registration_error',
@@ -33,7 +34,7 @@ def fixed_points(fixed, d: int, dtype=torch.float32, device=None) -> torch.Tenso
     "Fixed landmarks `(F, d)` from 'corners', None, or an array of normalised points."
     if fixed is None: return None
     if isinstance(fixed, str):
-        if fixed != "corners": raise ValueError(f"fixed must be 'corners', None or an (F, {d}) array, got {fixed!r}")
+        if fixed != "corners": raise InputError(f"fixed must be 'corners', None or an (F, {d}) array, got {fixed!r}")
         return image_corners(d, dtype, device)
     f = torch.as_tensor(fixed, dtype=dtype, device=device)
     check_shape(f, "F d", "fixed", d=d)
@@ -62,7 +63,7 @@ def image_match(a: torch.Tensor, b: torch.Tensor, kind: str = "l2") -> torch.Ten
     if kind == "ncc":
         a = a - a.mean(1, keepdim=True); b = b - b.mean(1, keepdim=True)
         return 1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
-    raise ValueError(f"image match must be 'l2' or 'ncc', got {kind!r}")
+    raise InputError(f"image match must be 'l2' or 'ncc', got {kind!r}")
 
 def discovery_loss(src_img, tgt_img, src_lm, tgt_lm, lam: float = 1e-4, fixed=None, match: str = "l2",
                    max_condition: float = 1e10):  # pairs whose TPS system is worse than this are left out of the batch
@@ -108,12 +109,12 @@ def _as_images(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.ndim == 3: x = x[:, None]   # (n, H, W): add the channel axis
     if x.ndim not in (4, 5) or x.shape[1] != 1:
-        raise ValueError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W) "
+        raise InputError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W) "
                          f"(or (n, H, W)), got shape {tuple(x.shape)}")
     if not x.is_floating_point(): x = x.float()
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
-        raise ValueError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
+        raise InputError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
     return x
 
 class LandmarkDiscovery:
@@ -150,19 +151,19 @@ class LandmarkDiscovery:
 
     # -- training ------------------------------------------------------------------------------------
     def _check_params(self, n, shape=()):
-        if self.k < 1: raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.k < 1: raise InputError(f"k must be >= 1, got {self.k}")
         if shape:
             d, n_pix = len(shape), int(np.prod(shape))
             n_fixed = 0 if self.fixed is None else 2 ** d if isinstance(self.fixed, str) else len(self.fixed)
             k_max = n_pix // 2 ** d - n_fixed
             if self.k > k_max:
-                raise ValueError(f"k={self.k} landmarks (+ {n_fixed} fixed) are too many for images of shape {tuple(shape)}: "
+                raise InputError(f"k={self.k} landmarks (+ {n_fixed} fixed) are too many for images of shape {tuple(shape)}: "
                                  f"each needs a cell of >= 2 pixels per axis, (k + {n_fixed}) * {2 ** d} <= {n_pix} pixels, so "
                                  + (f"k can be at most {k_max}; use fewer landmarks or larger images (resize)" if k_max >= 1 else
                                     f"the images are too small for any landmark; use larger images (resize)"))
-        if self.pairs not in ("auto", "all", "random"): raise ValueError(f"pairs must be 'auto', 'all' or 'random', got {self.pairs!r}")
-        if n < 2: raise ValueError(f"landmark discovery needs at least 2 images (pairs), got {n}; add images")
-        if self.lam < 0: raise ValueError(f"lam must be >= 0, got {self.lam}")
+        if self.pairs not in ("auto", "all", "random"): raise InputError(f"pairs must be 'auto', 'all' or 'random', got {self.pairs!r}")
+        if n < 2: raise InputError(f"landmark discovery needs at least 2 images (pairs), got {n}; add images")
+        if self.lam < 0: raise InputError(f"lam must be >= 0, got {self.lam}")
 
     def fit(self, images, val_images=None):
         "Train the landmark regressor on pairs of `images` (n, 1, *S); returns self."
@@ -224,7 +225,7 @@ class LandmarkDiscovery:
         self._check_fitted()
         x = _as_images(images)
         if tuple(x.shape[1:]) != self.image_shape_:
-            raise ValueError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; resize them first")
+            raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; resize them first")
         dev = next(self.model_.parameters()).device
         self.model_.eval()
         out = torch.cat([self.model_(self.whitener_.transform(b).to(dev)).cpu() for b in x.split(batch_size)])
@@ -277,10 +278,10 @@ class LandmarkDiscovery:
     def prune(self, n_keep: int | None = None, threshold: float | None = None):
         "Keep the `n_keep` most important landmarks, or those with importance > `threshold`; sets `kept_`."
         if self.importance_ is None: raise RuntimeError("call compute_importance(images) before prune")
-        if (n_keep is None) == (threshold is None): raise ValueError("give exactly one of n_keep or threshold")
+        if (n_keep is None) == (threshold is None): raise InputError("give exactly one of n_keep or threshold")
         order = np.argsort(-self.importance_)
         kept = order[:n_keep] if n_keep is not None else np.flatnonzero(self.importance_ > threshold)
-        if len(kept) < 1: raise ValueError(f"no landmark has importance above {threshold}; max is {self.importance_.max():.3g}")
+        if len(kept) < 1: raise InputError(f"no landmark has importance above {threshold}; max is {self.importance_.max():.3g}")
         self.kept_ = np.sort(kept)
         return self
 
@@ -339,8 +340,8 @@ class ShapeClusters:
         from sklearn.cluster import SpectralClustering
         from sklearn.neighbors import KNeighborsClassifier
         X = np.asarray(torch.as_tensor(landmarks).detach().cpu(), dtype=np.float64)
-        if X.ndim != 3: raise ValueError(f"landmarks: expected (n, K, d), got {X.shape}")
-        if len(X) <= self.n_clusters: raise ValueError(f"need more shapes ({len(X)}) than clusters ({self.n_clusters})")
+        if X.ndim != 3: raise InputError(f"landmarks: expected (n, K, d), got {X.shape}")
+        if len(X) <= self.n_clusters: raise InputError(f"need more shapes ({len(X)}) than clusters ({self.n_clusters})")
         self.pca_ = ShapePCA(self.n_components, align="gpa", scaling=self.scaling).fit(X)
         self.scores_ = np.asarray(self.pca_.transform(X))
         sc = SpectralClustering(self.n_clusters, affinity="nearest_neighbors", n_neighbors=min(self.n_neighbors, len(X) - 1),

@@ -26,6 +26,7 @@ __all__ = ['shared_data_dir', 'Image', 'IMAGE_EXTENSIONS', 'read_image', 'write_
            'read_images', 'stack_images', 'read_labelme', 'write_labelme', 'read_pts', 'write_pts', 'TpsSpecimen',
            'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv', 'read_particles', 'write_particles',
            'LANDMARK_EXTENSIONS', 'check_landmarks', 'read_landmark_folder']
+from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'LANDMARK_EXTENSIONS', 'shared_data_dir', 'Image', 'read_image', 'write_image', 'natural_key',
@@ -83,7 +84,7 @@ def _ext(path) -> str:
 def _kind(path, table=_IMAGE_KINDS, what="image") -> str:
     e = _ext(path)
     if e not in table:
-        raise ValueError(f"{path}: unsupported {what} extension {e or '(none)'!r}; supported: {' '.join(table)}")
+        raise InputError(f"{path}: unsupported {what} extension {e or '(none)'!r}; supported: {' '.join(table)}")
     return table[e]
 
 # %% ../nbs/02_io.ipynb #d07a50f8
@@ -107,7 +108,7 @@ def _read_pil(p: Path):
             frames.append(_pil_frame(im))
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
-        raise ValueError(f"{p}: the pages of this multi-page file have different sizes {sorted(shapes)}; "
+        raise InputError(f"{p}: the pages of this multi-page file have different sizes {sorted(shapes)}; "
                          f"a volume needs equal slices")
     a = frames[0] if len(frames) == 1 else np.stack(frames)
     return a, (1.0,) * a.ndim, (0.0,) * a.ndim
@@ -119,7 +120,7 @@ def _read_nifti(p: Path):
     while a.ndim > 3 and a.shape[-1] == 1: a = a[..., 0]
     nd = a.ndim
     if nd not in (2, 3):
-        raise ValueError(f"{p}: NIfTI data has shape {a.shape} (x, y, z, ...); only 2D or 3D images are supported")
+        raise InputError(f"{p}: NIfTI data has shape {a.shape} (x, y, z, ...); only 2D or 3D images are supported")
     return a.T, tuple(float(z) for z in img.header.get_zooms()[:nd]), tuple(float(o) for o in img.affine[:nd, 3])
 
 def _read_nrrd(p: Path):
@@ -139,7 +140,7 @@ def _read_nrrd(p: Path):
     other = [nd - 1 - i for i in range(nd) if i not in spatial]            # header axis i -> array axis nd-1-i
     if other:
         if len(other) != 1 or a.shape[other[0]] not in (1, 3, 4):
-            raise ValueError(f"{p}: NRRD has non-spatial axes of sizes {[a.shape[i] for i in other]}; only one "
+            raise InputError(f"{p}: NRRD has non-spatial axes of sizes {[a.shape[i] for i in other]}; only one "
                              f"grey (1) or colour (3/4) axis is supported")
         a = np.moveaxis(a, other[0], -1).astype(np.float32)
         a = a[..., 0] if a.shape[-1] == 1 else a[..., :3] @ _LUMA
@@ -150,7 +151,7 @@ def _read_nrrd(p: Path):
 def _read_npy(p: Path):
     a = np.load(p, allow_pickle=False)
     if a.ndim not in (2, 3):
-        raise ValueError(f"{p}: .npy array has shape {a.shape}; expected (H, W) or (D, H, W)")
+        raise InputError(f"{p}: .npy array has shape {a.shape}; expected (H, W) or (D, H, W)")
     return a, (1.0,) * a.ndim, (0.0,) * a.ndim
 
 # %% ../nbs/02_io.ipynb #c9dd8920
@@ -169,12 +170,12 @@ def _meta_header(p: Path, raw: bytes):
         pos = len(raw) if end < 0 else end + 1
         if line and not line.startswith("#"):
             if "=" not in line:
-                raise ValueError(f"{p}: MetaImage header line {line[:60]!r} is not 'Key = Value'")
+                raise InputError(f"{p}: MetaImage header line {line[:60]!r} is not 'Key = Value'")
             k, v = (s.strip() for s in line.split("=", 1))
             hdr[k.lower()] = v
             if k.lower() == "elementdatafile": return hdr, pos
         if end < 0:
-            raise ValueError(f"{p}: MetaImage header has no ElementDataFile line (is the file truncated?)")
+            raise InputError(f"{p}: MetaImage header has no ElementDataFile line (is the file truncated?)")
 
 def _read_meta(p: Path):
     raw = p.read_bytes()
@@ -182,12 +183,12 @@ def _read_meta(p: Path):
     get = lambda *ks: next((h[k] for k in ks if k in h), None)
     floats = lambda s: [float(v) for v in s.split()]
     if "ndims" not in h or "dimsize" not in h or "elementtype" not in h:
-        raise ValueError(f"{p}: MetaImage header lacks NDims, DimSize or ElementType")
+        raise InputError(f"{p}: MetaImage header lacks NDims, DimSize or ElementType")
     nd, dims = int(h["ndims"]), [int(v) for v in h["dimsize"].split()]       # DimSize is x y z
-    if len(dims) != nd: raise ValueError(f"{p}: NDims = {nd} but DimSize has {len(dims)} values")
+    if len(dims) != nd: raise InputError(f"{p}: NDims = {nd} but DimSize has {len(dims)} values")
     et = h["elementtype"].upper()
     if et not in _MET_TYPES:
-        raise ValueError(f"{p}: unsupported ElementType {et}; supported: {' '.join(_MET_TYPES)}")
+        raise InputError(f"{p}: unsupported ElementType {et}; supported: {' '.join(_MET_TYPES)}")
     msb = (get("elementbyteordermsb", "binarydatabyteordermsb") or "False").lower() == "true"
     dtype = np.dtype(_MET_TYPES[et]).newbyteorder(">" if msb else "<")
     ch = int(h.get("elementnumberofchannels", 1))
@@ -197,21 +198,21 @@ def _read_meta(p: Path):
     if src.upper() == "LOCAL":
         data = raw[pos:]
     elif src.upper().startswith("LIST") or "%" in src:
-        raise ValueError(f"{p}: ElementDataFile = {src} (one file per slice) is not supported; convert the image "
+        raise InputError(f"{p}: ElementDataFile = {src} (one file per slice) is not supported; convert the image "
                          f"to a single .mha first")
     else:
         df = p.parent / src
-        if not df.is_file(): raise FileNotFoundError(f"{p}: its ElementDataFile {src} is missing (looked for {df})")
+        if not df.is_file(): raise MissingFileError(f"{p}: its ElementDataFile {src} is missing (looked for {df})")
         data = df.read_bytes()
         hs = int(h.get("headersize", 0))
         data = data[len(data) - n * dtype.itemsize:] if hs == -1 and not compressed else data[hs:]
     if compressed: data = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(data)   # zlib or gzip stream
     if len(data) < n * dtype.itemsize:
-        raise ValueError(f"{p}: MetaImage holds {len(data)} bytes of data, expected {n * dtype.itemsize} for "
+        raise InputError(f"{p}: MetaImage holds {len(data)} bytes of data, expected {n * dtype.itemsize} for "
                          f"DimSize {dims} x {ch} channel(s) of {et}; the file is truncated")
     a = np.frombuffer(data, dtype=dtype, count=n).reshape(dims[::-1] + ([ch] if ch > 1 else []))
     if ch > 1:
-        if ch not in (3, 4): raise ValueError(f"{p}: {ch} channels per pixel; only 1, 3 (RGB) or 4 (RGBA) are supported")
+        if ch not in (3, 4): raise InputError(f"{p}: {ch} channels per pixel; only 1, 3 (RGB) or 4 (RGBA) are supported")
         a = a.astype(np.float32)[..., :3] @ _LUMA
     spacing = get("elementspacing", "elementsize")
     origin = get("offset", "origin", "position")
@@ -226,33 +227,33 @@ def read_image(path: str | os.PathLike,  # .png .jpg .jpeg .bmp .tif .tiff .nii 
     "Read a 2D or 3D grey image as float32 in array order, with spacing and origin in (x, y[, z]) order."
     p = Path(path)
     kind = _kind(p)
-    if not p.is_file(): raise FileNotFoundError(f"image file not found: {p}")
+    if not p.is_file(): raise MissingFileError(f"image file not found: {p}")
     try:
         a, spacing, origin = _READERS[kind](p)
     except FileNotFoundError: raise
     except PermissionError as e:
-        raise ValueError(f"cannot read {p}: permission denied ({e.strerror}); make the file readable (chmod +r) "
+        raise InputError(f"cannot read {p}: permission denied ({e.strerror}); make the file readable (chmod +r) "
                          f"or leave it out") from e
     except Exception as e:
         if isinstance(e, ValueError) and str(p) in str(e): raise
-        raise ValueError(f"cannot read {p} as a {kind} image ({type(e).__name__}: {e}); the file may be truncated "
+        raise InputError(f"cannot read {p} as a {kind} image ({type(e).__name__}: {e}); the file may be truncated "
                          f"or corrupt: re-export it, or leave it out") from e
     a = np.ascontiguousarray(a, dtype=np.float32)
     if a.ndim not in (2, 3):
-        raise ValueError(f"{p}: image has shape {a.shape}; expected a 2D (H, W) or 3D (D, H, W) grey image")
+        raise InputError(f"{p}: image has shape {a.shape}; expected a 2D (H, W) or 3D (D, H, W) grey image")
     if len(spacing) != a.ndim or len(origin) != a.ndim:
-        raise ValueError(f"{p}: header gives {len(spacing)} spacings and {len(origin)} origin values for a {a.ndim}D image")
+        raise InputError(f"{p}: header gives {len(spacing)} spacings and {len(origin)} origin values for a {a.ndim}D image")
     if not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"{p}: header spacing {tuple(spacing)} is not positive and finite; fix the header")
+        raise InputError(f"{p}: header spacing {tuple(spacing)} is not positive and finite; fix the header")
     return Image(a, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), str(p))
 
 # %% ../nbs/02_io.ipynb #23436b4a
 def _png_array(a: np.ndarray, bits: int | None) -> np.ndarray:
     "2D array -> uint8/uint16 by the rules above."
-    if bits not in (None, 8, 16): raise ValueError(f"bits must be None, 8 or 16, got {bits}")
+    if bits not in (None, 8, 16): raise InputError(f"bits must be None, 8 or 16, got {bits}")
     if a.dtype == bool: a = a.astype(np.uint8)
-    if a.dtype.kind not in "iuf": raise ValueError(f"cannot write a {a.dtype} array as PNG")
-    if not np.isfinite(a).all(): raise ValueError("array has NaN/Inf values, which PNG cannot store; use .npy/.nii.gz/.nrrd/.mha")
+    if a.dtype.kind not in "iuf": raise InputError(f"cannot write a {a.dtype} array as PNG")
+    if not np.isfinite(a).all(): raise InputError("array has NaN/Inf values, which PNG cannot store; use .npy/.nii.gz/.nrrd/.mha")
     lo, hi = float(a.min()), float(a.max())
     if a.dtype.kind == "f" and lo >= 0 and hi <= 1:
         b = bits or 8
@@ -268,7 +269,7 @@ def _file_dtype(a: np.ndarray) -> np.ndarray:
     "Values as a dtype every volume format stores: bool -> uint8, float16 -> float32, others unchanged."
     if a.dtype == bool: return a.astype(np.uint8)
     if a.dtype == np.float16: return a.astype(np.float32)
-    if a.dtype.kind not in "iuf": raise ValueError(f"cannot write a {a.dtype} array; use an integer or float dtype")
+    if a.dtype.kind not in "iuf": raise InputError(f"cannot write a {a.dtype} array; use an integer or float dtype")
     return a.astype(a.dtype.newbyteorder("<"))
 
 def _write_meta(p: Path, a: np.ndarray, spacing, origin, compress: bool):
@@ -301,23 +302,23 @@ def write_image(path: str | os.PathLike,  # .npy .png .tif .tiff .nii .nii.gz .n
     kind = _kind(p)
     a = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
     if a.ndim not in (2, 3):
-        raise ValueError(f"{p}: expected a 2D (H, W) or 3D (D, H, W) array, got shape {a.shape}")
+        raise InputError(f"{p}: expected a 2D (H, W) or 3D (D, H, W) array, got shape {a.shape}")
     nd = a.ndim
     sp = (1.0,) * nd if spacing is None else tuple(float(s) for s in np.ravel(spacing))
     org = (0.0,) * nd if origin is None else tuple(float(o) for o in np.ravel(origin))
     if len(sp) != nd or len(org) != nd:
-        raise ValueError(f"{p}: a {nd}D image needs {nd} spacing and origin values in (x, y[, z]) order, "
+        raise InputError(f"{p}: a {nd}D image needs {nd} spacing and origin values in (x, y[, z]) order, "
                          f"got spacing {sp} and origin {org}")
-    if not all(math.isfinite(s) and s > 0 for s in sp): raise ValueError(f"{p}: spacing {sp} must be positive")
+    if not all(math.isfinite(s) and s > 0 for s in sp): raise InputError(f"{p}: spacing {sp} must be positive")
     p.parent.mkdir(parents=True, exist_ok=True)
     e = _ext(p)
     if kind in ("Pillow", "npy") and (any(s != 1 for s in sp) or any(o != 0 for o in org)):
-        raise ValueError(f"{p}: {e} files cannot store spacing {sp} / origin {org}; write .nii.gz, .nrrd or .mha "
+        raise InputError(f"{p}: {e} files cannot store spacing {sp} / origin {org}; write .nii.gz, .nrrd or .mha "
                          f"to keep them, or pass spacing=None, origin=None")
     if e == ".npy":
         np.save(p, a)
     elif e == ".png":
-        if nd != 2: raise ValueError(f"{p}: PNG holds 2D images only, got shape {a.shape}; use .tif or .nii.gz for volumes")
+        if nd != 2: raise InputError(f"{p}: PNG holds 2D images only, got shape {a.shape}; use .tif or .nii.gz for volumes")
         from PIL import Image as PILImage
         PILImage.fromarray(_png_array(a, bits)).save(p)
     elif e in (".tif", ".tiff"):
@@ -326,7 +327,7 @@ def write_image(path: str | os.PathLike,  # .npy .png .tif .tiff .nii .nii.gz .n
         pages = [PILImage.fromarray(s) for s in (a if nd == 3 else a[None])]
         pages[0].save(p, save_all=True, append_images=pages[1:])
     elif kind == "Pillow":
-        raise ValueError(f"{p}: writing {e} is not supported (lossy or limited); use .png or .tif")
+        raise InputError(f"{p}: writing {e} is not supported (lossy or limited); use .png or .tif")
     elif kind == "NIfTI":
         import nibabel as nib
         aff = np.eye(4)
@@ -359,24 +360,24 @@ def _resolve(source, table: dict, what: str) -> list[Path]:
             files = [f for f in found if _ext(f) in table]
             if not files:
                 other = sorted((f.name for f in found), key=natural_key)
-                raise FileNotFoundError(f"no {what} files ({' '.join(table)}) in folder {p}: "
+                raise MissingFileError(f"no {what} files ({' '.join(table)}) in folder {p}: "
                                         + (f"it holds {len(other)} other file(s), e.g. {other[:3]}" if other else "it is empty")
                                         + f"; pass a folder of {what} files, a glob pattern or a list of paths")
         elif any(c in s for c in "*?["):
             files = [Path(f) for f in glob.glob(os.path.expanduser(s), recursive=True) if Path(f).is_file()]
             if not files:
-                raise FileNotFoundError(f"the pattern {s!r} matches no files (relative to {Path.cwd()}); check the "
+                raise MissingFileError(f"the pattern {s!r} matches no files (relative to {Path.cwd()}); check the "
                                         f"pattern, e.g. 'images/*.png', or pass a folder")
         elif p.is_file():
             files = [p]
         else:
-            raise FileNotFoundError(f"{what} source not found: {s} is no folder, file or glob pattern")
+            raise MissingFileError(f"{what} source not found: {s} is no folder, file or glob pattern")
         files.sort(key=natural_key)
     else:
         files = [Path(f) for f in source]
-        if not files: raise ValueError(f"the list of {what} paths is empty")
+        if not files: raise InputError(f"the list of {what} paths is empty")
         for f in files:
-            if not f.is_file(): raise FileNotFoundError(f"{what} file not found: {f}")
+            if not f.is_file(): raise MissingFileError(f"{what} file not found: {f}")
     for f in files: _kind(f, table, what)
     return files
 
@@ -392,7 +393,7 @@ def _check_same_size(images: Sequence[Image]):
     groups = {}
     for i, im in enumerate(images): groups.setdefault(im.shape, []).append(Path(im.path).name if im.path else f"#{i}")
     if len(groups) > 1:
-        raise ValueError(f"images have {len(groups)} different sizes: {_describe(groups, '')}; pass resize=(H, W) "
+        raise InputError(f"images have {len(groups)} different sizes: {_describe(groups, '')}; pass resize=(H, W) "
                          f"(or (D, H, W); on the command line --resize H W) to resample them to one size")
 
 # %% ../nbs/02_io.ipynb #4b855fd5
@@ -418,9 +419,9 @@ def resize_image(image: Image,            # the image to resample
     "Resample an image to `shape` (bilinear antialiased / pre-filtered trilinear), keeping its physical extent."
     shape = tuple(int(s) for s in shape)
     if len(shape) != image.ndim:
-        raise ValueError(f"resize={shape} has {len(shape)} dims but {image.path or 'the image'} is {image.ndim}D with "
+        raise InputError(f"resize={shape} has {len(shape)} dims but {image.path or 'the image'} is {image.ndim}D with "
                          f"shape {image.shape}; pass (H, W) for 2D or (D, H, W) for 3D images")
-    if min(shape) < 1: raise ValueError(f"resize={shape}: sizes must be positive")
+    if min(shape) < 1: raise InputError(f"resize={shape}: sizes must be positive")
     if shape == image.shape: return image
     t = torch.from_numpy(image.array)[None, None]
     factors = [o / n for o, n in zip(image.shape, shape)]
@@ -442,12 +443,12 @@ def read_images(source,                          # folder, glob pattern ('imgs/*
     for im in images:
         bad = int((~np.isfinite(im.array)).sum())
         if bad:
-            raise ValueError(f"{im.path}: {bad} NaN/Inf value(s) in the image; repair or mask it (e.g. np.nan_to_num) "
+            raise InputError(f"{im.path}: {bad} NaN/Inf value(s) in the image; repair or mask it (e.g. np.nan_to_num) "
                              f"or leave the file out")
     dims = {}
     for im in images: dims.setdefault(f"{im.ndim}D", []).append(Path(im.path).name)
     if len(dims) > 1:
-        raise ValueError(f"cannot mix 2D and 3D images: {_describe(dims, '')}; read them separately")
+        raise InputError(f"cannot mix 2D and 3D images: {_describe(dims, '')}; read them separately")
     if resize is not None: images = [resize_image(im, resize) for im in images]
     else: _check_same_size(images)
     return images
@@ -456,7 +457,7 @@ def stack_images(images: Sequence[Image],      # images of one size, e.g. from `
                  dtype=torch.float32,          # dtype of the returned tensor
                 ) -> torch.Tensor:             # (n, 1, H, W) or (n, 1, D, H, W)
     "Stack images into a batch-first, channel-first tensor."
-    if not images: raise ValueError("no images to stack")
+    if not images: raise InputError("no images to stack")
     _check_same_size(images)
     return torch.from_numpy(np.stack([im.array for im in images])[:, None]).to(dtype)
 
@@ -467,12 +468,12 @@ def read_labelme(path: str | os.PathLike,            # LabelMe .json file
                 ) -> tuple[np.ndarray, list[str]]:     # (K, 2) float64 (x, y), and the K labels
     "Read the point shapes of a LabelMe JSON file as (x, y) pixel indices and their labels."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"LabelMe file not found: {p}")
+    if not p.is_file(): raise MissingFileError(f"LabelMe file not found: {p}")
     try: d = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not valid JSON ({e}); the file may be truncated") from e
+        raise InputError(f"{p}: not valid JSON ({e}); the file may be truncated") from e
     if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
-        raise ValueError(f"{p}: no 'shapes' list; is this a LabelMe annotation file?")
+        raise InputError(f"{p}: no 'shapes' list; is this a LabelMe annotation file?")
     pts, names = [], []
     for s in d["shapes"]:
         kind = s.get("shape_type") or ("point" if len(s.get("points", [])) == 1 else None)
@@ -483,13 +484,13 @@ def read_labelme(path: str | os.PathLike,            # LabelMe .json file
     if labels is None: return P, names
     labels = [str(l) for l in labels]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"labels lists {sorted({l for l in labels if labels.count(l) > 1})} more than once")
+        raise InputError(f"labels lists {sorted({l for l in labels if labels.count(l) > 1})} more than once")
     missing = [l for l in labels if l not in names]
     dups = [f"{l!r} ({names.count(l)} times)" for l in labels if names.count(l) > 1]
     if missing or dups:
         msg = ([f"missing label(s) {', '.join(map(repr, missing))}"] if missing else []) + (
                [f"duplicate label(s) {', '.join(dups)}"] if dups else [])
-        raise ValueError(f"{p}: {'; '.join(msg)} among its {len(names)} points; fix the annotation or leave the file out")
+        raise InputError(f"{p}: {'; '.join(msg)} among its {len(names)} points; fix the annotation or leave the file out")
     return P[[names.index(l) for l in labels]], labels
 
 def write_labelme(path: str | os.PathLike,      # destination .json
@@ -502,7 +503,7 @@ def write_labelme(path: str | os.PathLike,      # destination .json
     "Write (x, y) points as LabelMe point shapes."
     P = np.asarray(points, dtype=np.float64).reshape(-1, 2) + (0.5 if pixel_centers else 0.0)
     labels = [str(i + 1) for i in range(len(P))] if labels is None else [str(l) for l in labels]
-    if len(labels) != len(P): raise ValueError(f"{len(P)} points but {len(labels)} labels")
+    if len(labels) != len(P): raise InputError(f"{len(P)} points but {len(labels)} labels")
     d = {"version": "5.0.1", "flags": {}, "shapes": [
             {"label": l, "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
             for l, (x, y) in zip(labels, P)],
@@ -517,26 +518,26 @@ def read_pts(path: str | os.PathLike,  # .pts file
             ) -> np.ndarray:            # (N, 2) or (N, 3) float64, file units
     "Read an IBUG/Cootes `.pts` landmark file."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f".pts file not found: {p}")
+    if not p.is_file(): raise MissingFileError(f".pts file not found: {p}")
     lines = [l.strip() for l in p.read_text().splitlines()]
     hdr, i = {}, 0
     while i < len(lines) and lines[i] != "{":
         if lines[i] and ":" in lines[i]:
             k, v = lines[i].split(":", 1); hdr[k.strip().lower()] = v.strip()
         i += 1
-    if i == len(lines): raise ValueError(f"{p}: no '{{' line opening the points; expected 'version: 1', 'n_points: N', '{{', N lines 'x y', '}}'")
+    if i == len(lines): raise InputError(f"{p}: no '{{' line opening the points; expected 'version: 1', 'n_points: N', '{{', N lines 'x y', '}}'")
     rows = []
     for j, l in enumerate(lines[i + 1:], i + 2):
         if l == "}": break
         if not l: continue
         try: rows.append([float(v) for v in l.split()])
-        except ValueError: raise ValueError(f"{p}: line {j}: {l!r} is not 'x y'") from None
+        except ValueError: raise InputError(f"{p}: line {j}: {l!r} is not 'x y'") from None
     else:
-        raise ValueError(f"{p}: no closing '}}' (is the file truncated?)")
+        raise InputError(f"{p}: no closing '}}' (is the file truncated?)")
     if len({len(r) for r in rows}) > 1 or (rows and len(rows[0]) not in (2, 3)):
-        raise ValueError(f"{p}: every point line must hold 2 (x y) or 3 (x y z) numbers")
+        raise InputError(f"{p}: every point line must hold 2 (x y) or 3 (x y z) numbers")
     if "n_points" in hdr and int(hdr["n_points"]) != len(rows):
-        raise ValueError(f"{p}: header says n_points: {hdr['n_points']} but {len(rows)} points are listed")
+        raise InputError(f"{p}: header says n_points: {hdr['n_points']} but {len(rows)} points are listed")
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 2)
 
 def write_pts(path: str | os.PathLike,  # destination .pts
@@ -544,7 +545,7 @@ def write_pts(path: str | os.PathLike,  # destination .pts
              ) -> Path:
     "Write landmarks as an IBUG/Cootes `.pts` file."
     P = np.asarray(points, dtype=np.float64)
-    if P.ndim != 2 or P.shape[1] not in (2, 3): raise ValueError(f"points: expected (N, 2) or (N, 3), got {P.shape}")
+    if P.ndim != 2 or P.shape[1] not in (2, 3): raise InputError(f"points: expected (N, 2) or (N, 3), got {P.shape}")
     body = "\n".join(" ".join(repr(float(v)) for v in r) for r in P)
     p = Path(path); p.write_text(f"version: 1\nn_points: {len(P)}\n{{\n{body}\n}}\n")
     return p
@@ -561,18 +562,18 @@ def read_tps(path: str | os.PathLike,  # .tps file with one or more specimens
             ) -> list[TpsSpecimen]:
     "Read all specimens of a morphometrics `.tps` file."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f".tps file not found: {p}")
+    if not p.is_file(): raise MissingFileError(f".tps file not found: {p}")
     lines, out, cur, i = p.read_text().splitlines(), [], None, 0
     def numbers(n, d, what):
         nonlocal i
         rows = []
         while len(rows) < n:
-            if i >= len(lines): raise ValueError(f"{p}: {what} needs {n} point lines, the file ends after {len(rows)}")
+            if i >= len(lines): raise InputError(f"{p}: {what} needs {n} point lines, the file ends after {len(rows)}")
             l = lines[i].strip(); i += 1
             if not l: continue
             try: r = [float(v) for v in l.replace(",", " ").split()]
             except ValueError: r = []
-            if len(r) != d: raise ValueError(f"{p}: line {i}: {l!r} is not {d} numbers ({what} announces {n} points)")
+            if len(r) != d: raise InputError(f"{p}: line {i}: {l!r} is not {d} numbers ({what} announces {n} points)")
             rows.append(r)
         return np.asarray(rows, dtype=np.float64).reshape(n, d)
     while i < len(lines):
@@ -580,22 +581,22 @@ def read_tps(path: str | os.PathLike,  # .tps file with one or more specimens
         if not l: continue
         key, eq, val = l.partition("=")
         key, val = key.strip().upper(), val.strip()
-        if not eq: raise ValueError(f"{p}: line {i}: {l!r} is not 'KEY=value' (expected LM=, IMAGE=, ID=, SCALE=, ...)")
+        if not eq: raise InputError(f"{p}: line {i}: {l!r} is not 'KEY=value' (expected LM=, IMAGE=, ID=, SCALE=, ...)")
         if key in ("LM", "LM3"):
             if cur is not None: out.append(TpsSpecimen(**cur))
             cur = dict(points=numbers(int(val), 3 if key == "LM3" else 2, f"specimen {len(out) + 1} ({l})"))
         elif cur is None:
-            raise ValueError(f"{p}: line {i}: {l!r} comes before the first LM= line")
+            raise InputError(f"{p}: line {i}: {l!r} comes before the first LM= line")
         elif key == "CURVES":
             for _ in range(int(val)):
                 while i < len(lines) and not lines[i].strip(): i += 1
                 k2, _, v2 = lines[i].partition("=") if i < len(lines) else ("", "", "")
-                if k2.strip().upper() != "POINTS": raise ValueError(f"{p}: line {i + 1}: expected POINTS= inside CURVES")
+                if k2.strip().upper() != "POINTS": raise InputError(f"{p}: line {i + 1}: expected POINTS= inside CURVES")
                 i += 1; numbers(int(v2), 2, "a curve")
         elif key == "IMAGE": cur["image"] = val
         elif key == "ID": cur["id"] = val
         elif key == "SCALE": cur["scale"] = float(val)
-    if cur is None: raise ValueError(f"{p}: no LM= block; is this a tpsDig .tps file?")
+    if cur is None: raise InputError(f"{p}: no LM= block; is this a tpsDig .tps file?")
     out.append(TpsSpecimen(**cur))
     return out
 
@@ -609,7 +610,7 @@ def write_tps(path: str | os.PathLike,               # destination .tps
     specs = [np.asarray(P, dtype=np.float64) for P in points]
     blocks = []
     for j, P in enumerate(specs):
-        if P.ndim != 2 or P.shape[1] not in (2, 3): raise ValueError(f"specimen {j}: expected (K, 2) or (K, 3), got {P.shape}")
+        if P.ndim != 2 or P.shape[1] not in (2, 3): raise InputError(f"specimen {j}: expected (K, 2) or (K, 3), got {P.shape}")
         b = [f"LM{'3' if P.shape[1] == 3 else ''}={len(P)}"] + [" ".join(repr(float(v)) for v in r) for r in P]
         if images is not None: b.append(f"IMAGE={images[j]}")
         b.append(f"ID={ids[j] if ids is not None else j}")
@@ -621,33 +622,33 @@ def write_tps(path: str | os.PathLike,               # destination .tps
 # %% ../nbs/02_io.ipynb #8d8936e1
 def _num(p, r, c, v):
     try: return float(v)
-    except ValueError: raise ValueError(f"{p}: row {r}, column {c!r}: {v!r} is not a number") from None
+    except ValueError: raise InputError(f"{p}: row {r}, column {c!r}: {v!r} is not a number") from None
 
 def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landmark or one row per image
                       ) -> tuple[list[str], np.ndarray]:  # image names, (n, K, d) float64 points
     "Read landmarks of several images from a CSV file (layout detected from the header)."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"CSV file not found: {p}")
+    if not p.is_file(): raise MissingFileError(f"CSV file not found: {p}")
     with open(p, newline="") as fh:
         rows = list(csv.reader(fh))
-    if not rows: raise ValueError(f"{p}: empty CSV file")
+    if not rows: raise InputError(f"{p}: empty CSV file")
     head, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if any(v.strip() for v in r)]
     low = [h.lower() for h in head]
     if "k" in low:    # one row per landmark
         ax = [a for a in "xyz" if f"{a}_index" in low] or [a for a in "xyz" if a in low]
         cols = [low.index(f"{a}_index") if f"{a}_index" in low else low.index(a) for a in ax]
-        if len(cols) not in (2, 3): raise ValueError(f"{p}: needs columns x_index, y_index[, z_index] (or x, y[, z]), has {head}")
+        if len(cols) not in (2, 3): raise InputError(f"{p}: needs columns x_index, y_index[, z_index] (or x, y[, z]), has {head}")
         ic = next((low.index(c) for c in ("image", "name", "file", "id") if c in low), 0)
         per = {}
         for r, row in enumerate(rows, 2):
             k = int(_num(p, r, "k", row[low.index("k")]))
             per.setdefault(row[ic], {})
-            if k in per[row[ic]]: raise ValueError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice; remove the duplicate row")
+            if k in per[row[ic]]: raise InputError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice; remove the duplicate row")
             per[row[ic]][k] = [_num(p, r, head[c], row[c]) for c in cols]
         counts = {}
         for name, d in per.items(): counts.setdefault(len(d), []).append(name)
         if len(counts) > 1:
-            raise ValueError(f"{p}: images have different numbers of landmarks: {_describe(counts, ' landmarks', 'image')}; every "
+            raise InputError(f"{p}: images have different numbers of landmarks: {_describe(counts, ' landmarks', 'image')}; every "
                              f"image needs the same landmarks k = 0..K-1: add the missing rows or remove the image's rows")
         names = list(per)
         return names, np.asarray([[per[n][k] for k in sorted(per[n])] for n in names], dtype=np.float64).reshape(len(names), -1, len(cols))
@@ -655,12 +656,12 @@ def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landma
     for c, h in enumerate(head):
         if m := re.fullmatch(r"([xyz])_?(\d+)", h, re.I): lm.setdefault(int(m[2]), {})[m[1].lower()] = c
         elif m := re.fullmatch(r"(.+?)[_. ]([xyz])", h, re.I): lm.setdefault(m[1], {})[m[2].lower()] = c
-    if not lm: raise ValueError(f"{p}: no coordinate columns; expected x0, y0, x1, y1, ... (one row per image) or image, k, x_index, y_index (one row per landmark)")
+    if not lm: raise InputError(f"{p}: no coordinate columns; expected x0, y0, x1, y1, ... (one row per image) or image, k, x_index, y_index (one row per landmark)")
     keys = sorted(lm) if all(isinstance(k, int) for k in lm) else list(lm)
     ax = sorted(lm[keys[0]])
     for k in keys:
         if sorted(lm[k]) != ax or ax not in (["x", "y"], ["x", "y", "z"]):
-            raise ValueError(f"{p}: landmark {k} has columns for {sorted(lm[k])}; every landmark needs x, y[, z]")
+            raise InputError(f"{p}: landmark {k} has columns for {sorted(lm[k])}; every landmark needs x, y[, z]")
     used = {c for d in lm.values() for c in d.values()}
     ic = next((c for c in range(len(head)) if c not in used), None)
     names = [row[ic] if ic is not None else str(r) for r, row in enumerate(rows)]
@@ -675,15 +676,15 @@ def write_landmarks_csv(path: str | os.PathLike,   # destination .csv
     "Write landmarks one row per landmark: image, k, x_index, y_index[, z_index][, x_norm, y_norm[, z_norm]]."
     P = np.asarray(points.detach().cpu() if torch.is_tensor(points) else points, dtype=np.float64)
     if P.ndim == 2: P = P[None]
-    if P.ndim != 3 or P.shape[-1] not in (2, 3): raise ValueError(f"points: expected (n, K, 2|3), got {P.shape}")
+    if P.ndim != 3 or P.shape[-1] not in (2, 3): raise InputError(f"points: expected (n, K, 2|3), got {P.shape}")
     n, K, d = P.shape
     images = [str(i) for i in range(n)] if images is None else [str(s) for s in images]
-    if len(images) != n: raise ValueError(f"{n} point sets but {len(images)} image names")
+    if len(images) != n: raise InputError(f"{n} point sets but {len(images)} image names")
     ax = "xyz"[:d]
     head = ["image", "k"] + [f"{a}_index" for a in ax]
     if shapes is not None:
         shapes = [tuple(shapes)] * n if np.ndim(shapes) == 1 else [tuple(s) for s in shapes]
-        if len(shapes) != n: raise ValueError(f"{n} point sets but {len(shapes)} shapes")
+        if len(shapes) != n: raise InputError(f"{n} point sets but {len(shapes)} shapes")
         norm = np.stack([index_to_norm(P[i], shapes[i]) for i in range(n)])
         head += [f"{a}_norm" for a in ax]
     p = Path(path)
@@ -701,13 +702,13 @@ def read_particles(path: str | os.PathLike,  # ShapeWorks .particles file
                   ) -> np.ndarray:            # (N, 3) float64
     "Read a ShapeWorks `.particles` file (one 'x y z' line per point)."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f".particles file not found: {p}")
+    if not p.is_file(): raise MissingFileError(f".particles file not found: {p}")
     rows = []
     for j, l in enumerate(p.read_text().splitlines(), 1):
         if not l.strip(): continue
         try: r = [float(v) for v in l.split()]
         except ValueError: r = []
-        if len(r) != 3: raise ValueError(f"{p}: line {j}: {l.strip()[:60]!r} is not 'x y z'")
+        if len(r) != 3: raise InputError(f"{p}: line {j}: {l.strip()[:60]!r} is not 'x y z'")
         rows.append(r)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
@@ -716,7 +717,7 @@ def write_particles(path: str | os.PathLike,  # destination .particles
                    ) -> Path:
     "Write a ShapeWorks `.particles` file."
     P = np.asarray(points, dtype=np.float64)
-    if P.ndim != 2 or P.shape[1] != 3: raise ValueError(f"points: expected (N, 3), got {P.shape}")
+    if P.ndim != 2 or P.shape[1] != 3: raise InputError(f"points: expected (N, 3), got {P.shape}")
     p = Path(path); p.write_text("".join(" ".join(repr(float(v)) for v in r) + "\n" for r in P))
     return p
 
@@ -734,7 +735,7 @@ def check_landmarks(points,                       # (K, d) or (n, K, d) (x, y[, 
     P3 = P[None] if P.ndim == 2 else P
     d = len(shape)
     if P3.ndim != 3 or P3.shape[-1] != d:
-        raise ValueError(f"points: expected (K, {d}) or (n, K, {d}) for an image of shape {tuple(shape)}, got {P.shape}")
+        raise InputError(f"points: expected (K, {d}) or (n, K, {d}) for an image of shape {tuple(shape)}, got {P.shape}")
     hi = np.asarray(shape, dtype=float)[::-1] - 0.5
     bad = ~np.isfinite(P3).all(-1) | (P3 < -0.5).any(-1) | (P3 > hi).any(-1)
     if bad.any():
@@ -743,7 +744,7 @@ def check_landmarks(points,                       # (K, d) or (n, K, d) (x, y[, 
         where = f"{source}: " if source else ""
         item = f" of set {b}" if P.ndim == 3 else ""
         rng_ = ", ".join(f"{a} in [-0.5, {h:g}]" for a, h in zip("xyz", hi))
-        raise ValueError(f"{where}landmark {nm}{item} at {tuple(np.round(P3[b, k], 3).tolist())} lies outside the "
+        raise InputError(f"{where}landmark {nm}{item} at {tuple(np.round(P3[b, k], 3).tolist())} lies outside the "
                          f"image of shape {tuple(shape)} (needs {rng_}); {int(bad.sum())} landmark(s) outside. Check the "
                          f"coordinate convention (0- or 1-based, LabelMe corner origin, y up) or the image")
 
@@ -764,12 +765,12 @@ def read_landmark_folder(source,                                # folder, glob p
     for f, P in zip(files, sets): groups.setdefault(P.shape, []).append(f.name)
     if len(groups) > 1:
         desc = _describe({f"{s[0]} points ({s[1]}D)": v for s, v in groups.items()}, "")
-        raise ValueError(f"landmark files disagree on the number of points: {desc}; fix or leave out the odd files"
+        raise InputError(f"landmark files disagree on the number of points: {desc}; fix or leave out the odd files"
                          + ("" if labels is not None else ", or pass labels=[...] to select named LabelMe points"))
     if names[0] is not None:
         for f, n in zip(files, names):
             if n != names[0]:
-                raise ValueError(f"{f}: labels {n} differ from {names[0]} in {files[0].name}; pass labels=[...] to "
+                raise InputError(f"{f}: labels {n} differ from {names[0]} in {files[0].name}; pass labels=[...] to "
                                  f"read them in one order")
     pts = np.stack(sets)
     if shape is not None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .core import check_shape
+from .core import InputError
 
 # %% auto #0
 __all__ = ['correspondence_rmse', 'PointwiseError', 'pointwise_error', 'point_triangle_distance', 'point_to_mesh_distance',
@@ -92,11 +93,11 @@ def _mesh(vertices, faces, name):
     V = vertices.detach().cpu().double().numpy() if torch.is_tensor(vertices) else np.asarray(vertices, dtype=np.float64)
     Fc = faces.detach().cpu().numpy() if torch.is_tensor(faces) else np.asarray(faces)
     check_shape(V, "V 3", f"{name} vertices"); check_shape(Fc, "F 3", f"{name} faces")
-    if len(Fc) == 0: raise ValueError(f"{name}: the mesh has no faces")
-    if not np.issubdtype(Fc.dtype, np.integer): raise ValueError(f"{name} faces must be integer vertex indices, got {Fc.dtype}")
+    if len(Fc) == 0: raise InputError(f"{name}: the mesh has no faces")
+    if not np.issubdtype(Fc.dtype, np.integer): raise InputError(f"{name} faces must be integer vertex indices, got {Fc.dtype}")
     if Fc.min() < 0 or Fc.max() >= len(V):
-        raise ValueError(f"{name} faces index vertices 0..{len(V) - 1}, got indices {Fc.min()}..{Fc.max()}")
-    if not np.isfinite(V).all(): raise ValueError(f"{name} vertices contain NaN or Inf")
+        raise InputError(f"{name} faces index vertices 0..{len(V) - 1}, got indices {Fc.min()}..{Fc.max()}")
+    if not np.isfinite(V).all(): raise InputError(f"{name} vertices contain NaN or Inf")
     return V, Fc.astype(np.int64)
 
 def point_to_mesh_distance(points,              # (P, 3) query points
@@ -139,7 +140,7 @@ def sample_surface(vertices, faces,           # (V, 3), (F, 3)
     rng = np.random.default_rng(random_state)
     tri = V[Fc]
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not area.sum() > 0: raise ValueError("mesh: all triangles have zero area")
+    if not area.sum() > 0: raise InputError("mesh: all triangles have zero area")
     f = rng.choice(len(Fc), size=n, p=area / area.sum())
     u, v = rng.random(n), rng.random(n)
     flip = u + v > 1
@@ -203,13 +204,13 @@ def radial_errors(pred,                 # (n, K, d) or (K, d) detected points, p
     "Radial (Euclidean) error of every landmark, in mm when `spacing` is given, else in the input units."
     p, t = _np_points(pred, "pred"), _np_points(target, "target")
     if p.shape != t.shape:
-        raise ValueError(f"pred and target must have the same shape (n, K, d), got {p.shape} and {t.shape}")
+        raise InputError(f"pred and target must have the same shape (n, K, d), got {p.shape} and {t.shape}")
     diff = p - t
     if spacing is not None:
         s = np.asarray(spacing, dtype=np.float64)
         if s.ndim == 0: s = np.full(p.shape[-1], float(s))
         if s.shape[-1] != p.shape[-1] or s.ndim > 2 or (s.ndim == 2 and s.shape[0] != p.shape[0]):
-            raise ValueError(f"spacing must be a scalar, ({p.shape[-1]},) or ({p.shape[0]}, {p.shape[-1]}) in (x, y[, z]) "
+            raise InputError(f"spacing must be a scalar, ({p.shape[-1]},) or ({p.shape[0]}, {p.shape[-1]}) in (x, y[, z]) "
                              f"order, got shape {s.shape}")
         diff = diff * (s[:, None, :] if s.ndim == 2 else s)
     return np.sqrt((diff ** 2).sum(-1))
@@ -218,7 +219,7 @@ def mean_radial_error(pred, target, spacing=None) -> dict:
     "MRE and SD over all landmarks, and per landmark: keys `mre`, `sd`, `mre_per_landmark` (K,), `sd_per_landmark` (K,), `n`."
     r = radial_errors(pred, target, spacing)
     ok = np.isfinite(r)
-    if not ok.any(): raise ValueError("no landmark is present (finite) in both pred and target")
+    if not ok.any(): raise InputError("no landmark is present (finite) in both pred and target")
     cnt = ok.sum(0)
     z = np.where(ok, r, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):   # a landmark missing in every image gives NaN, as it should
@@ -233,7 +234,7 @@ def success_detection_rate(pred, target,
     "Fraction of landmarks detected within each radius (R <= radius), overall and per landmark."
     r = radial_errors(pred, target, spacing)
     ok = np.isfinite(r)
-    if not ok.any(): raise ValueError("no landmark is present (finite) in both pred and target")
+    if not ok.any(): raise InputError("no landmark is present (finite) in both pred and target")
     out = {}
     for z in radii:
         hit = (r <= z) & ok
@@ -255,7 +256,7 @@ def clustering_scores(labels_true, labels_pred) -> dict:
     "Agreement of a clustering with known groups: adjusted Rand index, normalised mutual information, purity."
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     t, p = np.asarray(labels_true), np.asarray(labels_pred)
-    if t.shape != p.shape or t.ndim != 1: raise ValueError(f"labels: expected two (n,) arrays, got {t.shape} and {p.shape}")
+    if t.shape != p.shape or t.ndim != 1: raise InputError(f"labels: expected two (n,) arrays, got {t.shape} and {p.shape}")
     purity = sum(np.unique(t[p == c], return_counts=True)[1].max() for c in np.unique(p)) / len(t)
     return dict(ari=float(adjusted_rand_score(t, p)), nmi=float(normalized_mutual_info_score(t, p)), purity=float(purity))
 
@@ -263,5 +264,5 @@ def abnormality_auc(scores, is_abnormal) -> float:
     "Area under the ROC curve of `scores` (higher = more abnormal) for binary labels."
     from sklearn.metrics import roc_auc_score
     s, y = np.asarray(scores, dtype=float).ravel(), np.asarray(is_abnormal).astype(bool).ravel()
-    if y.all() or not y.any(): raise ValueError("is_abnormal must contain both classes")
+    if y.all() or not y.any(): raise InputError("is_abnormal must contain both classes")
     return float(roc_auc_score(y, s))

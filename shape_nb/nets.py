@@ -16,6 +16,7 @@ from torch import nn
 from .core import check_shape
 
 __all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor']
+from .core import InputError
 
 # %% auto #0
 __all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor', 'xavier_init_', 'DeepSSMEncoder', 'PCADecoder',
@@ -23,7 +24,7 @@ __all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor', 'x
 
 # %% ../nbs/06_nets.ipynb #69b417df
 def _dims(spatial_dims):
-    if spatial_dims not in (2, 3): raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if spatial_dims not in (2, 3): raise InputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     return spatial_dims
 
 def conv_nd(spatial_dims: int, *args, **kwargs) -> nn.Module:
@@ -84,7 +85,7 @@ class LandmarkRegressor(nn.Module):
 
     def forward(self, x):  # (B, C, *spatial) -> (B, K, d)
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"LandmarkRegressor({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
+            raise InputError(f"LandmarkRegressor({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
                              f"image batch, got shape {tuple(x.shape)}")
         h = self.pool(self.features(x))
         t = h.device.type
@@ -106,7 +107,7 @@ def xavier_init_(module: nn.Module,  # initialised in place
 def _check_images_in(x, spatial_dims, in_channels, who):
     if x.ndim != spatial_dims + 2 or x.shape[1] != in_channels:
         sp = "D, H, W" if spatial_dims == 3 else "H, W"
-        raise ValueError(f"{who}({spatial_dims}D): expected an image batch (B, {in_channels}, {sp}), got shape {tuple(x.shape)}")
+        raise InputError(f"{who}({spatial_dims}D): expected an image batch (B, {in_channels}, {sp}), got shape {tuple(x.shape)}")
 
 class DeepSSMEncoder(nn.Module):
     "DeepSSM image encoder: 5 convolutions (BatchNorm, PReLU; max pool after the 1st, 3rd, 5th), adaptive pool, FC 384-96-`n_out`."
@@ -121,8 +122,8 @@ class DeepSSMEncoder(nn.Module):
                  pool_after: Sequence[int] = (0, 2, 4),         # max pool after these convolutions (0-based)
                 ):
         super().__init__()
-        if kernel_size % 2 != 1: raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
-        if n_out < 1: raise ValueError(f"n_out must be >= 1, got {n_out}")
+        if kernel_size % 2 != 1: raise InputError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        if n_out < 1: raise InputError(f"n_out must be >= 1, got {n_out}")
         self.spatial_dims, self.in_channels, self.n_out = _dims(spatial_dims), in_channels, n_out
         layers, c = [], in_channels
         for i, co in enumerate(channels):
@@ -160,9 +161,9 @@ class PCADecoder(nn.Module):
         L = check_shape(basis, "L F", "basis")["L"]
         M, d = check_shape(mean, "M d", "mean", d=(2, 3)).values()
         if basis.shape[1] != M * d:
-            raise ValueError(f"basis has {basis.shape[1]} columns but the mean shape has M*d = {M}*{d} = {M * d} coordinates")
+            raise InputError(f"basis has {basis.shape[1]} columns but the mean shape has M*d = {M}*{d} = {M * d} coordinates")
         scale = torch.ones(L, dtype=dt) if scale is None else torch.as_tensor(scale, dtype=dt).reshape(-1)
-        if scale.shape != (L,): raise ValueError(f"scale: expected {L} values (one per mode), got shape {tuple(scale.shape)}")
+        if scale.shape != (L,): raise InputError(f"scale: expected {L} values (one per mode), got shape {tuple(scale.shape)}")
         self.n_points, self.dim = M, d
         self.register_buffer("basis", basis.clone())
         self.register_buffer("mean", mean.reshape(-1).clone())
@@ -184,7 +185,7 @@ class BaseDeepSSM(nn.Module):
         super().__init__()
         self.decoder = PCADecoder(basis, mean, scale)
         if self.decoder.dim != spatial_dims:
-            raise ValueError(f"the shape has {self.decoder.dim}D points but spatial_dims = {spatial_dims}")
+            raise InputError(f"the shape has {self.decoder.dim}D points but spatial_dims = {spatial_dims}")
         self.encoder = DeepSSMEncoder(self.decoder.basis.shape[0], spatial_dims, **encoder_kw)
 
     def forward(self, x):  # (B, C, *spatial) -> ((B, L) whitened scores, (B, M, d) points)
@@ -204,7 +205,7 @@ class CorrespondenceAE(nn.Module):
                  scale: float = 1.0,                # inputs are divided by it (e.g. the std of the coordinates)
                 ):
         super().__init__()
-        if not scale > 0: raise ValueError(f"scale must be > 0, got {scale}")
+        if not scale > 0: raise InputError(f"scale must be > 0, got {scale}")
         self.n_points, self.dim, self.latent = n_points, dim, latent
         dt = torch.get_default_dtype()
         c = torch.zeros(n_points, dim, dtype=dt) if center is None else torch.as_tensor(center, dtype=dt)
@@ -276,9 +277,9 @@ class UNet(nn.Module):
                  out_bias: float = 0.0,                  # initial bias of the output convolution
                 ):
         super().__init__()
-        if activation not in ("sigmoid", None): raise ValueError(f"activation must be 'sigmoid' or None, got {activation!r}")
-        if out_channels < 1: raise ValueError(f"out_channels must be >= 1, got {out_channels}")
-        if len(channels) < 1: raise ValueError("channels must list at least one width")
+        if activation not in ("sigmoid", None): raise InputError(f"activation must be 'sigmoid' or None, got {activation!r}")
+        if out_channels < 1: raise InputError(f"out_channels must be >= 1, got {out_channels}")
+        if len(channels) < 1: raise InputError("channels must list at least one width")
         self.spatial_dims, self.out_channels, self.activation = _dims(spatial_dims), out_channels, activation
         ch = tuple(int(c) for c in channels)
         self.down = nn.ModuleList(_block(spatial_dims, ci, co, batch_norm) for ci, co in zip((in_channels,) + ch[:-1], ch))
@@ -292,10 +293,10 @@ class UNet(nn.Module):
 
     def forward(self, x):  # (B, C, *spatial) -> (B, out_channels, *spatial)
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"UNet({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
+            raise InputError(f"UNet({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
                              f"image batch, got shape {tuple(x.shape)}")
         if min(x.shape[2:]) < self.min_size:
-            raise ValueError(f"UNet with {len(self.down)} levels needs images of at least {self.min_size} pixels per axis, "
+            raise InputError(f"UNet with {len(self.down)} levels needs images of at least {self.min_size} pixels per axis, "
                              f"got spatial shape {tuple(x.shape[2:])}; use fewer channels (levels) or larger images")
         skips = []
         for i, block in enumerate(self.down):

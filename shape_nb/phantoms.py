@@ -9,6 +9,7 @@ import torch
 
 from .core import check_shape, pixel_grid
 from .tps import tps_warp_image
+from .core import InputError
 
 # %% auto #0
 __all__ = ['SHEPP_LOGAN', 'ELLIPSOIDS_3D', 'shepp_logan', 'shepp_logan_control_points', 'image_corners', 'tps_population',
@@ -69,7 +70,7 @@ def tps_population(image: torch.Tensor,          # (1, C, *S) image to deform
                    padding_mode: str = "zeros",
                   ) -> tuple[torch.Tensor, torch.Tensor]:  # images (n, C, *S), moved control points (n, K, d)
     "Warp `image` by random TPS perturbations of its control points (image corners fixed)."
-    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1: raise InputError(f"n must be >= 1, got {n}")
     d = image.ndim - 2
     cp = torch.as_tensor(control_points, dtype=torch.float64, device=image.device)
     check_shape(cp, "K d", "control_points", d=d)

@@ -26,6 +26,7 @@ from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint, 
 __all__ = ['integral_coordinates', 'coordinate_l1', 'sample_radius', 'region_attention_loss', 'Regulated',
            'ShapePrior', 'random_similarity', 'ABLATIONS', 'SemiSupervisedDetector', 'train_from_folders',
            'predict_folder']
+from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'integral_coordinates', 'coordinate_l1', 'sample_radius', 'region_attention_loss', 'Regulated',
@@ -37,7 +38,7 @@ def integral_coordinates(heatmaps: torch.Tensor,  # (B, K, H, W) or (B, K, D, H,
                         ) -> tuple:                # ((B, K, d) normalised (x, y[, z]), (B, K) sums gamma)
     "Landmarks as heatmap-weighted means of pixel positions (each heatmap normalised by its sum gamma); returns (coords, gamma)."
     if not torch.is_tensor(heatmaps) or heatmaps.ndim not in (4, 5):
-        raise ValueError(f"heatmaps: expected (B, K, H, W) or (B, K, D, H, W), got "
+        raise InputError(f"heatmaps: expected (B, K, H, W) or (B, K, D, H, W), got "
                          f"{tuple(heatmaps.shape) if hasattr(heatmaps, 'shape') else type(heatmaps).__name__}")
     B, K, *S = heatmaps.shape
     grid = pixel_grid(S, dtype=heatmaps.dtype, device=heatmaps.device).reshape(-1, len(S))   # (P, d)
@@ -97,7 +98,7 @@ def _f64(x, name):
     a = np.asarray(x.detach().cpu().double() if torch.is_tensor(x) else x, dtype=np.float64)
     if a.ndim == 2: a = a[None]
     check_shape(a, "n K d", name, d=(2, 3))
-    if not np.isfinite(a).all(): raise ValueError(f"{name}: contains NaN or Inf coordinates")
+    if not np.isfinite(a).all(): raise InputError(f"{name}: contains NaN or Inf coordinates")
     return a
 
 class ShapePrior:
@@ -112,7 +113,7 @@ class ShapePrior:
     def fit(self, shapes):  # (n, K, d) labelled landmarks in physical units (mm or pixels)
         "Fit GPA (`gpa_`) and the PCA of the aligned shapes (`pca_`); returns self."
         X = _f64(shapes, "shapes")
-        if len(X) < 2: raise ValueError(f"shapes: the shape prior needs at least 2 labelled shapes, got {len(X)}")
+        if len(X) < 2: raise InputError(f"shapes: the shape prior needs at least 2 labelled shapes, got {len(X)}")
         self.gpa_ = GPA(scaling=self.scaling).fit(X)
         self.pca_ = ShapePCA(self.variance).fit(self.gpa_.aligned_)
         self.n_points_, self.dim_ = X.shape[1:]
@@ -134,7 +135,7 @@ class ShapePrior:
                  threshold: float,       # Z: largest plausible move of a landmark, same units
                 ) -> Regulated:
         "Shape-regulate pseudo labels with abnormal detection: X_beta if no landmark moved > Z, else X_alpha with those landmarks masked."
-        if not threshold > 0: raise ValueError(f"threshold Z must be > 0 (physical units), got {threshold}")
+        if not threshold > 0: raise InputError(f"threshold Z must be > 0 (physical units), got {threshold}")
         X = _f64(shapes, "shapes")
         Xb = self.project(X)
         moved = np.sqrt(((Xb - X) ** 2).sum(-1))
@@ -206,11 +207,11 @@ def _as_images(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.ndim == 3: x = x[:, None]
     if x.ndim not in (4, 5) or x.shape[1] != 1:
-        raise ValueError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W) (or (n, H, W)), "
+        raise InputError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W) (or (n, H, W)), "
                          f"got shape {tuple(x.shape)}")
     if not x.is_floating_point(): x = x.float()
     bad = ~torch.isfinite(x.flatten(1)).all(1)
-    if bad.any(): raise ValueError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
+    if bad.any(): raise InputError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
     return x
 
 def _as_landmarks(lm, n, K, d, name, allow_nan=False) -> torch.Tensor:
@@ -219,9 +220,9 @@ def _as_landmarks(lm, n, K, d, name, allow_nan=False) -> torch.Tensor:
     fin = torch.isfinite(y)
     if not allow_nan and not fin.all():
         i, k = (int(v) for v in (~fin.all(-1)).nonzero()[0])
-        raise ValueError(f"{name}: landmark {k} of image {i} is NaN or Inf; every labelled landmark must be given")
+        raise InputError(f"{name}: landmark {k} of image {i} is NaN or Inf; every labelled landmark must be given")
     if (y[fin].abs() > 1.5).any():
-        raise ValueError(f"{name}: coordinates up to {float(y[fin].abs().max()):.3g} in absolute value; landmarks must "
+        raise InputError(f"{name}: coordinates up to {float(y[fin].abs().max()):.3g} in absolute value; landmarks must "
                          f"be normalised [-1, 1] (x, y[, z]) (convert pixel indices with shape_nb.core.index_to_norm)")
     return y
 
@@ -271,7 +272,7 @@ class SemiSupervisedDetector:
     def set_params(self, **params) -> "SemiSupervisedDetector":
         "Set constructor parameters (e.g. `**ABLATIONS['naive']`)."
         for k, v in params.items():
-            if k not in _PARAMS + ["backbone"]: raise ValueError(f"unknown parameter {k!r}; valid: {', '.join(['backbone'] + _PARAMS)}")
+            if k not in _PARAMS + ["backbone"]: raise InputError(f"unknown parameter {k!r}; valid: {', '.join(['backbone'] + _PARAMS)}")
             setattr(self, k, v)
         return self
 
@@ -280,7 +281,7 @@ class SemiSupervisedDetector:
         s = np.ones(d) if self.spacing is None else np.asarray(self.spacing, dtype=np.float64)
         if s.ndim == 0: s = np.full(d, float(s))
         if s.shape != (d,) or not (s > 0).all():
-            raise ValueError(f"spacing must be None, a positive number or {d} positive numbers (x, y[, z]), got {self.spacing!r}")
+            raise InputError(f"spacing must be None, a positive number or {d} positive numbers (x, y[, z]), got {self.spacing!r}")
         return s
 
     def to_physical(self, landmarks) -> np.ndarray:
@@ -297,18 +298,18 @@ class SemiSupervisedDetector:
     def _check_params(self):
         for k in ("rounds", "epochs_pretrain", "epochs_round", "epochs_finetune"):
             v = getattr(self, k)
-            if not isinstance(v, (int, np.integer)) or v < 0: raise ValueError(f"{k} must be an int >= 0, got {v!r}")
+            if not isinstance(v, (int, np.integer)) or v < 0: raise InputError(f"{k} must be an int >= 0, got {v!r}")
         if self.ral_weight < 0 or self.ral_mean < 0 or self.ral_std < 0:
-            raise ValueError("ral_weight, ral_mean and ral_std must be >= 0")
-        if not 0 < self.variance <= 1: raise ValueError(f"variance must be in (0, 1], got {self.variance}")
-        if not self.z_threshold > 0: raise ValueError(f"z_threshold must be > 0, got {self.z_threshold}")
-        if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise InputError("ral_weight, ral_mean and ral_std must be >= 0")
+        if not 0 < self.variance <= 1: raise InputError(f"variance must be in (0, 1], got {self.variance}")
+        if not self.z_threshold > 0: raise InputError(f"z_threshold must be > 0, got {self.z_threshold}")
+        if self.batch_size < 1: raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def _heatmaps(self, model, x):
         h = model(x)
         want = (x.shape[0], self.n_landmarks_, *x.shape[2:])
         if not torch.is_tensor(h) or tuple(h.shape) != want:
-            raise ValueError(f"backbone: expected heatmaps of shape {want} (B, K, *spatial) for input {tuple(x.shape)}, "
+            raise InputError(f"backbone: expected heatmaps of shape {want} (B, K, *spatial) for input {tuple(x.shape)}, "
                              f"got {tuple(h.shape) if torch.is_tensor(h) else type(h).__name__}")
         return h
 
@@ -368,14 +369,14 @@ class SemiSupervisedDetector:
         if unlabelled_images is not None:
             xu = _as_images(unlabelled_images, "unlabelled_images")
             if tuple(xu.shape[1:]) != tuple(xl.shape[1:]):
-                raise ValueError(f"unlabelled_images: expected images of shape {tuple(xl.shape[1:])} like the labelled ones, "
+                raise InputError(f"unlabelled_images: expected images of shape {tuple(xl.shape[1:])} like the labelled ones, "
                                  f"got {tuple(xu.shape[1:])}; resize them to one size")
         if self.self_training and (xu is None or len(xu) == 0) and self.rounds > 0:
-            raise ValueError("self_training=True needs unlabelled_images; pass them, or use self_training=False "
+            raise InputError("self_training=True needs unlabelled_images; pass them, or use self_training=False "
                              "(supervised training only)")
         truth = None
         if unlabelled_landmarks is not None:
-            if xu is None: raise ValueError("unlabelled_landmarks given without unlabelled_images")
+            if xu is None: raise InputError("unlabelled_landmarks given without unlabelled_images")
             truth = _as_landmarks(unlabelled_landmarks, len(xu), K, d, "unlabelled_landmarks", allow_nan=True)
         self.spacing_ = self._spacing(d)
         self.n_landmarks_, self.d_, self.image_shape_ = K, d, tuple(xl.shape[1:])
@@ -435,7 +436,7 @@ class SemiSupervisedDetector:
         self._check_fitted()
         x = _as_images(images)
         if tuple(x.shape[1:]) != self.image_shape_:
-            raise ValueError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
+            raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
                              f"resize them first (e.g. shape_nb.io.read_images(..., resize={self.image_shape_[1:]}))")
         return self._predict_norm(self.whitener_.transform(x), batch_size, return_heatmaps)
 
@@ -465,7 +466,7 @@ class SemiSupervisedDetector:
         ck = load_checkpoint(path)
         ex = ck["extra"]
         if "image_shape" not in ex or "n_landmarks" not in ex:
-            raise ValueError(f"{path} is a shape_nb checkpoint but not one of SemiSupervisedDetector.save")
+            raise InputError(f"{path} is a shape_nb checkpoint but not one of SemiSupervisedDetector.save")
         params = {k: (tuple(v) if k == "channels" else v) for k, v in ck["config"].items() if k in _PARAMS}
         self = cls(**{**params, "device": device})
         if ex["unet"] is not None:
@@ -473,7 +474,7 @@ class SemiSupervisedDetector:
         elif backbone is not None:
             model = copy.deepcopy(backbone)
         else:
-            raise ValueError(f"{path} holds a custom backbone's weights: pass backbone=<a module of the same architecture>")
+            raise InputError(f"{path} holds a custom backbone's weights: pass backbone=<a module of the same architecture>")
         model.load_state_dict(ck["state_dict"])
         self.device_ = get_device(device)
         self.model_ = model.to(self.device_).eval()
@@ -492,10 +493,10 @@ def _read_set(source, size, what):
     from shape_nb.io import read_image, read_images
     ims = read_images(source, resize=size)
     if ims[0].ndim != 2:
-        raise ValueError(f"{what}: LabelMe landmarks are 2D but the images in {source} are {ims[0].ndim}D")
+        raise InputError(f"{what}: LabelMe landmarks are 2D but the images in {source} are {ims[0].ndim}D")
     for im in ims:   # each image is standardised by its own std: a constant one cannot be
         if im.array.max() == im.array.min():
-            raise ValueError(f"{im.path}: the image is constant (every pixel is {float(im.array.flat[0])}), so its std is 0 "
+            raise InputError(f"{im.path}: the image is constant (every pixel is {float(im.array.flat[0])}), so its std is 0 "
                              f"and it cannot be standardised; check the file, or leave it out")
     return ims, [read_image(im.path).shape for im in ims]
 
@@ -514,10 +515,10 @@ def _label_order(files):
     for f in files:
         try: counts.setdefault(tuple(read_labelme(f)[1]), []).append(f)
         except ValueError: continue
-    if not counts: raise ValueError(f"none of the {len(files)} LabelMe files could be read")
+    if not counts: raise InputError(f"none of the {len(files)} LabelMe files could be read")
     best = max(counts, key=lambda k: (len(counts[k]), len(set(k)) == len(k)))
     if len(set(best)) != len(best):
-        raise ValueError(f"the most common label list {list(best)} has duplicates; pass labels=[...] explicitly")
+        raise InputError(f"the most common label list {list(best)} has duplicates; pass labels=[...] explicitly")
     return list(best)
 
 def train_from_folders(labelled_dir,                 # folder (or glob) of labelled 2D images
@@ -531,17 +532,17 @@ def train_from_folders(labelled_dir,                 # folder (or glob) of label
                       ) -> dict:
     "Train a semi-supervised detector from image folders and LabelMe files; write the checkpoint and a summary; return the summary."
     from shape_nb.io import check_landmarks, read_labelme, stack_images, write_landmarks_csv
-    if on_bad_labels not in ("error", "skip"): raise ValueError(f"on_bad_labels must be 'error' or 'skip', got {on_bad_labels!r}")
+    if on_bad_labels not in ("error", "skip"): raise InputError(f"on_bad_labels must be 'error' or 'skip', got {on_bad_labels!r}")
     size = tuple(int(s) for s in size)
-    if len(size) != 2: raise ValueError(f"size must be (H, W) for 2D images with LabelMe landmarks, got {size}")
+    if len(size) != 2: raise InputError(f"size must be (H, W) for 2D images with LabelMe landmarks, got {size}")
     ldir = Path(labels_dir)
-    if not ldir.is_dir(): raise FileNotFoundError(f"labels folder not found: {ldir}; pass the folder that holds the "
+    if not ldir.is_dir(): raise MissingFileError(f"labels folder not found: {ldir}; pass the folder that holds the "
                                                   f"LabelMe .json files (command line: --labels)")
     ims, shapes = _read_set(labelled_dir, size, "labelled images")
     files = [ldir / (_stem(im.path) + ".json") for im in ims]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} labelled image(s) have no LabelMe file in {ldir}: {missing[:5]}"
+        raise MissingFileError(f"{len(missing)} labelled image(s) have no LabelMe file in {ldir}: {missing[:5]}"
                                 f"{' ...' if len(missing) > 5 else ''} (expected <image stem>.json)")
     labels = list(labels) if labels is not None else _label_order(files)
     keep, pts, skipped = [], [], []
@@ -551,13 +552,13 @@ def train_from_folders(labelled_dir,                 # folder (or glob) of label
             check_landmarks(P, shp, labels, str(f))
         except ValueError as e:
             if on_bad_labels == "error":
-                raise ValueError(f"{e}; or pass on_bad_labels='skip' (command line: --skip-bad-labels) to skip "
+                raise InputError(f"{e}; or pass on_bad_labels='skip' (command line: --skip-bad-labels) to skip "
                                  f"such files") from None
             warnings.warn(f"skipping {Path(im.path).name}: {e}")
             skipped.append(dict(image=Path(im.path).name, reason=str(e)))
             continue
         keep.append(i); pts.append(index_to_norm(P, shp))
-    if len(keep) < 2: raise ValueError(f"only {len(keep)} labelled image(s) with valid labels; at least 2 are needed")
+    if len(keep) < 2: raise InputError(f"only {len(keep)} labelled image(s) with valid labels; at least 2 are needed")
     xl = stack_images([ims[i] for i in keep])
     yl = np.stack(pts)
     uims = ushapes = None
@@ -591,7 +592,7 @@ def predict_folder(checkpoint,             # a SemiSupervisedDetector checkpoint
     "Detect landmarks on a folder of images; write them as CSV in each image's pixel indices; return a summary."
     from shape_nb.io import stack_images, write_labelme, write_landmarks_csv
     det = SemiSupervisedDetector.load(checkpoint, device=device)
-    if det.d_ != 2: raise ValueError(f"{checkpoint}: predict_folder handles 2D detectors, this one is {det.d_}D")
+    if det.d_ != 2: raise InputError(f"{checkpoint}: predict_folder handles 2D detectors, this one is {det.d_}D")
     ims, shapes = _read_set(images_dir, det.image_shape_[1:], "images")
     lm, _ = det.predict(stack_images(ims), return_heatmaps=False)
     idx = np.stack([norm_to_index(lm[i].double().numpy(), s) for i, s in enumerate(shapes)])

@@ -16,6 +16,7 @@ from .core import check_shape
 __all__ = ['Similarity', 'centroid_size', 'procrustes_align', 'apply_similarity', 'invert_similarity', 'GPA',
            'ShapePCA', 'PPCA', 'GroupDifference', 'group_difference', 'GaussianSampler', 'GMMSampler',
            'KDESampler']
+from .core import InputError
 
 # %% auto #0
 __all__ = ['Similarity', 'centroid_size', 'procrustes_align', 'apply_similarity', 'invert_similarity', 'GPA', 'ShapePCA', 'PPCA',
@@ -85,7 +86,7 @@ def procrustes_align(X,                 # (n, K, d) or (K, d) shapes to move
     n = max(Xt.shape[0], Yt.shape[0])
     for name, a in (("X", Xt), ("Y", Yt)):
         if a.shape[0] not in (1, n):
-            raise ValueError(f"{name}: batch size {a.shape[0]} does not match the other input's {n} (give equal batch sizes, or one of them as a single shape)")
+            raise InputError(f"{name}: batch size {a.shape[0]} does not match the other input's {n} (give equal batch sizes, or one of them as a single shape)")
     Xt, Yt = Xt.expand(n, K, d), Yt.expand(n, K, d)
     mx, my = Xt.mean(1, keepdim=True), Yt.mean(1, keepdim=True)
     Xc, Yc = Xt - mx, Yt - my
@@ -113,7 +114,7 @@ def apply_similarity(points,      # (K, d), (M, d) or (n, M, d) points
     P = _t64(points)
     s, R, t = (_t64(v, P.device) for v in transform)
     if R.shape[-1] != P.shape[-1]:
-        raise ValueError(f"points have {P.shape[-1]} coordinates but the transform is {R.shape[-1]}D")
+        raise InputError(f"points have {P.shape[-1]} coordinates but the transform is {R.shape[-1]}D")
     return _out(s[..., None, None] * (P @ R.mT) + t[..., None, :], points)
 
 def invert_similarity(transform: Similarity,  # from `procrustes_align` or `GPA.transforms_`
@@ -141,10 +142,10 @@ class GPA:
         "Estimate `mean_` (K, d), `aligned_` (n, K, d), `transforms_` (batched `Similarity`), `n_iter_`, `converged_`."
         X = _np64(shapes)
         n = check_shape(X, "n K d", "shapes", d=(2, 3))["n"]
-        if n < 2: raise ValueError(f"shapes: GPA needs at least 2 shapes, got {n}")
+        if n < 2: raise InputError(f"shapes: GPA needs at least 2 shapes, got {n}")
         mean = X[0] - X[0].mean(0)
         size0 = np.sqrt((mean ** 2).sum())
-        if size0 == 0: raise ValueError("shapes[0] has all its points at one place: cannot start GPA from it")
+        if size0 == 0: raise InputError("shapes[0] has all its points at one place: cannot start GPA from it")
         if self.scaling: mean = mean / size0
         change, it = np.inf, 0
         for it in range(1, self.max_iter + 1):
@@ -192,14 +193,14 @@ class ShapePCA:
         nc = self.n_components
         if nc is None: return rank
         if isinstance(nc, (bool, np.bool_)) or not isinstance(nc, (int, float, np.integer, np.floating)):
-            raise ValueError(f"n_components must be None, an int >= 1 or a float in (0, 1], got {nc!r}")
+            raise InputError(f"n_components must be None, an int >= 1 or a float in (0, 1], got {nc!r}")
         if isinstance(nc, (int, np.integer)):
             if not 1 <= nc <= rank:
-                raise ValueError(f"n_components={nc} but the centred data has {rank} non-zero modes "
+                raise InputError(f"n_components={nc} but the centred data has {rank} non-zero modes "
                                  f"(at most n_shapes - 1 = {n - 1}): use 1..{rank}, a variance fraction, or None")
             return int(nc)
         if not 0 < nc <= 1:
-            raise ValueError(f"n_components as a float is a fraction of variance in (0, 1], got {nc}")
+            raise InputError(f"n_components as a float is a fraction of variance in (0, 1], got {nc}")
         return min(int(np.searchsorted(np.cumsum(ratio), nc, side="right")) + 1, rank)
 
     def fit(self, shapes):  # (n, K, d) array or tensor
@@ -207,21 +208,21 @@ class ShapePCA:
         X = _np64(shapes)
         dims = check_shape(X, "n K d", "shapes", d=(2, 3))
         n, K, d = dims["n"], dims["K"], dims["d"]
-        if n < 2: raise ValueError(f"shapes: PCA needs at least 2 shapes, got {n}")
+        if n < 2: raise InputError(f"shapes: PCA needs at least 2 shapes, got {n}")
         if self.align == "gpa":
             self.gpa_ = GPA(self.scaling, max_iter=self.max_iter, tol=self.tol).fit(X)
             X = self.gpa_.aligned_
         elif self.align is None:
             self.gpa_ = None
         else:
-            raise ValueError(f"align must be 'gpa' or None, got {self.align!r}")
+            raise InputError(f"align must be 'gpa' or None, got {self.align!r}")
         F = X.reshape(n, K * d)
         mu = F.mean(0)
         _, S, Vt = np.linalg.svd(F - mu, full_matrices=False)
         big = np.abs(Vt).argmax(1)
         Vt *= np.sign(Vt[np.arange(len(Vt)), big])[:, None]
         rank = int((S > S[0] * max(n, K * d) * np.finfo(np.float64).eps).sum()) if S[0] > 0 else 0
-        if rank == 0: raise ValueError("shapes: all shapes are identical (after alignment): there is no variance to analyse")
+        if rank == 0: raise InputError("shapes: all shapes are identical (after alignment): there is no variance to analyse")
         ev = S ** 2 / (n - 1)
         ratio = ev / ev.sum()
         L = self._choose(ratio[:rank], rank, n)
@@ -295,11 +296,11 @@ class PPCA(ShapePCA):
     def fit(self, shapes):  # (n, K, d) array or tensor
         "Fit the PCA, then `noise_variance_` (sigma^2) and the per-point precision blocks."
         if self.noise_average not in ("rank", "full"):
-            raise ValueError(f"noise_average must be 'rank' or 'full', got {self.noise_average!r}")
+            raise InputError(f"noise_average must be 'rank' or 'full', got {self.noise_average!r}")
         super().fit(shapes)
         L, rank, Kd = self.n_components_, len(self.eigenvalues_), self.n_points_ * self.dim_
         if L >= rank:
-            raise ValueError(f"n_components keeps all {rank} non-zero modes, leaving no variance for sigma^2: "
+            raise InputError(f"n_components keeps all {rank} non-zero modes, leaving no variance for sigma^2: "
                              f"use fewer modes (n_components < {rank} or a variance fraction < 1)")
         rest = self.eigenvalues_[L:].sum()
         self.noise_variance_ = rest / (rank - L) if self.noise_average == "rank" else rest / (Kd - L)
@@ -340,7 +341,7 @@ class PPCA(ShapePCA):
         "Per-point Mahalanobis distance of each point's displacement from the mean point (eq. 15); type follows the input."
         _check_fitted(self, "noise_variance_")
         if block not in self._prec:
-            raise ValueError(f"block must be 'marginal' or 'precision', got {block!r}")
+            raise InputError(f"block must be 'marginal' or 'precision', got {block!r}")
         D = self._deviation(shapes)
         D = D.reshape(D.shape[0], self.n_points_, self.dim_)
         P = _param(self._prec[block], D)
@@ -355,7 +356,7 @@ class PPCA(ShapePCA):
         pw = self.pointwise_mahalanobis(shapes, block)
         if reduce == "mean": return pw.mean(1)
         if reduce == "max": return pw.max(1) if not torch.is_tensor(pw) else pw.amax(1)
-        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+        raise InputError(f"reduce must be 'mean' or 'max', got {reduce!r}")
 
 # %% ../nbs/05_shape.ipynb #31652e51
 class GroupDifference(NamedTuple):
@@ -379,7 +380,7 @@ def group_difference(shapes_a,                # (n_a, K, d) group a (reference),
     K, d = dims["K"], dims["d"]
     check_shape(B, "m K d", "shapes_b", K=K, d=d)
     na, nb = len(A), len(B)
-    if na < 1 or nb < 1: raise ValueError(f"both groups need at least one shape, got {na} and {nb}")
+    if na < 1 or nb < 1: raise InputError(f"both groups need at least one shape, got {na} and {nb}")
     ma, mb = A.mean(0), B.mean(0)
     diff = mb - ma
     mag = np.sqrt((diff ** 2).sum(-1))
@@ -407,7 +408,7 @@ def group_difference(shapes_a,                # (n_a, K, d) group a (reference),
 def _scores(scores, name: str = "scores") -> np.ndarray:
     X = _np64(scores)
     n = check_shape(X, "n L", name)["n"]
-    if n < 2: raise ValueError(f"{name}: need at least 2 samples to fit a density, got {n}")
+    if n < 2: raise InputError(f"{name}: need at least 2 samples to fit a density, got {n}")
     return X
 
 def _sqrt_psd(C: np.ndarray) -> np.ndarray:
@@ -426,7 +427,7 @@ class GaussianSampler:
     def fit(self, scores):  # (N, L) PCA scores
         "Fit `mean_` (L,) and `covariance_` (L, L) (divisor N - 1)."
         if self.covariance_type not in ("full", "diag"):
-            raise ValueError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}")
+            raise InputError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}")
         X = _scores(scores)
         self._like = scores
         self.mean_ = X.mean(0)
@@ -508,7 +509,7 @@ class KDESampler:
             self.nn_distances_ = cKDTree(X).query(X, k=2)[0][:, 1]
             self.bandwidth_ = float(self.nn_distances_.mean())
         else:
-            if not self.bandwidth > 0: raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
+            if not self.bandwidth > 0: raise InputError(f"bandwidth must be > 0, got {self.bandwidth}")
             self.bandwidth_ = float(self.bandwidth)
         self._rng = np.random.default_rng(self.random_state)
         return self

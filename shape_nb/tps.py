@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import check_shape, pixel_grid
+from .core import InputError
 
 # %% auto #0
 __all__ = ['TPSParams', 'tps_kernel', 'tps_system', 'tps_fit', 'tps_apply', 'tps_grid', 'tps_warp_image', 'tps_condition',
@@ -32,7 +33,7 @@ def tps_kernel(sq_dist: torch.Tensor,  # squared distances, any shape
                d: int,                 # spatial dimension: 2 -> r^2 log r, 3 -> r
               ) -> torch.Tensor:
     "TPS radial basis U as a function of the *squared* distance; U(0) = 0, with finite gradients at 0."
-    if d not in (2, 3): raise ValueError(f"TPS is implemented for d = 2 or 3, got d = {d}")
+    if d not in (2, 3): raise InputError(f"TPS is implemented for d = 2 or 3, got d = {d}")
     # clamping at the smallest normal number gives U(0) ~ 1e-36 (float32) and a zero gradient at 0
     return _kernel_(sq_dist.clamp_min(torch.finfo(sq_dist.dtype).tiny), d)
 
@@ -73,7 +74,7 @@ def _validate(src, dst, reg, name_src="src", name_dst="dst"):
     check_shape(dst, "B N d", name_dst, B=dims["B"], N=dims["N"], d=dims["d"])
     B, N, d = dims["B"], dims["N"], dims["d"]
     if N < d + 1:
-        raise ValueError(f"{name_src}: a {d}D TPS needs at least d+1 = {d+1} control points, got N = {N}")
+        raise InputError(f"{name_src}: a {d}D TPS needs at least d+1 = {d+1} control points, got N = {N}")
     with torch.no_grad():
         c = src.detach().double()
         bad_src, bad_dst = ~torch.isfinite(src).all(-1), ~torch.isfinite(dst).all(-1)  # (B, N)
@@ -87,14 +88,14 @@ def _validate(src, dst, reg, name_src="src", name_dst="dst"):
     if flags[0] or flags[1]:
         nm, bad = (name_src, bad_src) if flags[0] else (name_dst, bad_dst)
         b, i = bad.nonzero()[0].tolist()
-        raise ValueError(f"{nm}: non-finite coordinate (NaN or Inf) at batch item {b}, point {i}")
+        raise InputError(f"{nm}: non-finite coordinate (NaN or Inf) at batch item {b}, point {i}")
     if flags[2]:
         b, i, j = dup.nonzero()[0].tolist()
-        raise ValueError(f"{name_src}: points {i} and {j} of batch item {b} coincide, so the TPS system is "
+        raise InputError(f"{name_src}: points {i} and {j} of batch item {b} coincide, so the TPS system is "
                          f"singular; remove duplicate landmarks or pass reg > 0")
     if flags[3]:
         b = int(flat.nonzero()[0])
-        raise ValueError(f"{name_src}: the points of batch item {b} are {'collinear' if d == 2 else 'coplanar'}, "
+        raise InputError(f"{name_src}: the points of batch item {b} are {'collinear' if d == 2 else 'coplanar'}, "
                          f"so the affine part of the TPS is undetermined; spread the landmarks out")
     return B, N, d
 
@@ -119,7 +120,7 @@ def tps_fit(src: torch.Tensor,          # (B, N, d) control points (the kernel c
            ) -> TPSParams:
     "Fit a batched thin-plate spline mapping `src` onto `dst` (differentiable in both)."
     if validate: _validate(src, dst, reg)
-    if reg < 0: raise ValueError(f"reg must be >= 0, got {reg}")
+    if reg < 0: raise InputError(f"reg must be >= 0, got {reg}")
     B, N, d = src.shape
     out_dtype = torch.promote_types(torch.promote_types(src.dtype, dst.dtype), torch.float32)
     L = tps_system(src.to(solve_dtype), reg)
@@ -148,7 +149,7 @@ def tps_apply(params: TPSParams,        # from `tps_fit`
     if points.ndim == 2: points = points[None]
     check_shape(points, "b M d", "points", d=d)
     if points.shape[0] not in (1, B):
-        raise ValueError(f"points: batch size {points.shape[0]} does not match the spline's batch size {B} (or 1)")
+        raise InputError(f"points: batch size {points.shape[0]} does not match the spline's batch size {B} (or 1)")
     out_dt = points.dtype if points.is_floating_point() else torch.get_default_dtype()
     dt = torch.promote_types(out_dt, torch.float32)   # half precision is too coarse for coordinates
     points, c, W, A = points.to(dt), c.to(dt), W.to(dt), A.to(dt)
@@ -198,7 +199,7 @@ def tps_grid(src: torch.Tensor,                  # (B, N, d) points in the input
     d = src.shape[-1]
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if len(spatial_shape) != d:
-        raise ValueError(f"spatial_shape {spatial_shape} has {len(spatial_shape)} dims but the points are {d}D")
+        raise InputError(f"spatial_shape {spatial_shape} has {len(spatial_shape)} dims but the points are {d}D")
     if params is None: params = tps_fit(dst, src, reg=reg, validate=validate)
     B, dt, dev = src.shape[0], torch.promote_types(src.dtype, torch.float32), src.device
     if field_shape is None or tuple(field_shape) == spatial_shape:
@@ -206,7 +207,7 @@ def tps_grid(src: torch.Tensor,                  # (B, N, d) points in the input
         return tps_apply(params, q, chunk_size).reshape(B, *spatial_shape, d)
     field_shape = tuple(int(s) for s in field_shape)
     if len(field_shape) != d or min(field_shape) < 2:
-        raise ValueError(f"field_shape must have {d} sizes >= 2, got {field_shape}")
+        raise InputError(f"field_shape must have {d} sizes >= 2, got {field_shape}")
     q = _query_grid(spatial_shape, field_shape, dt, dev)
     coarse = tps_apply(params, q, chunk_size).reshape(B, *field_shape, d)
     coarse = coarse.movedim(-1, 1)   # (B, d, *field_shape)
@@ -226,7 +227,7 @@ def tps_warp_image(image: torch.Tensor,        # (B, C, H, W) or (B, C, D, H, W)
     "Warp `image` with the TPS that moves the structure at `src` to `dst` (backward mapping via `grid_sample`)."
     if validate:
         if image.ndim not in (4, 5):
-            raise ValueError(f"image: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(image.shape)}")
+            raise InputError(f"image: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(image.shape)}")
         check_shape(src, "B N d", "src", B=image.shape[0], d=image.ndim - 2)
     grid = tps_grid(src, dst, image.shape[2:], reg=reg, field_shape=field_shape, validate=validate)
     out = F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)

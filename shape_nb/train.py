@@ -26,6 +26,7 @@ from torch import nn
 
 import shape_nb
 from .core import get_device, seed_everything
+from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['TrainConfig', 'History', 'train_config', 'dist_info', 'init_distributed', 'train_device', 'shard', 'make_loader',
@@ -55,18 +56,18 @@ class TrainConfig:
     progress: bool = True
     max_bad_steps: int = 20            # non-finite losses tolerated before training stops
     def __post_init__(self):
-        if self.epochs < 1: raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0: raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.epochs < 1: raise InputError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0: raise InputError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0: raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.scheduler not in ("cosine", "constant"):
-            raise ValueError(f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
-        if self.patience is not None and self.patience < 1: raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+            raise InputError(f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
+        if self.patience is not None and self.patience < 1: raise InputError(f"patience must be >= 1 or None, got {self.patience}")
         if isinstance(self.grad_clip, str) and self.grad_clip != "auto":
-            raise ValueError(f"grad_clip must be a number, 'auto' or None, got {self.grad_clip!r}")
-        if self.accumulate < 1: raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
-        if self.checkpoint_every < 1: raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.distributed not in (True, False, "auto"): raise ValueError(f"distributed must be True, False or 'auto', got {self.distributed!r}")
-        if self.resume and not self.checkpoint: raise ValueError("resume=True needs checkpoint=PATH (the training-state file to continue from)")
+            raise InputError(f"grad_clip must be a number, 'auto' or None, got {self.grad_clip!r}")
+        if self.accumulate < 1: raise InputError(f"accumulate must be >= 1, got {self.accumulate}")
+        if self.checkpoint_every < 1: raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.distributed not in (True, False, "auto"): raise InputError(f"distributed must be True, False or 'auto', got {self.distributed!r}")
+        if self.resume and not self.checkpoint: raise InputError("resume=True needs checkpoint=PATH (the training-state file to continue from)")
 
 _RESULT_KEYS = ("epochs", "lr", "weight_decay", "scheduler", "patience", "grad_clip", "accumulate", "seed")
 
@@ -92,7 +93,7 @@ def train_config(options: dict | None = None,  # the user's overrides (any Train
     opts = dict(options or {})
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     bad = sorted(set(opts) - set(names))
-    if bad: raise ValueError(f"train_options: unknown setting(s) {bad}; valid: {', '.join(names)}")
+    if bad: raise InputError(f"train_options: unknown setting(s) {bad}; valid: {', '.join(names)}")
     cfg = {**base, **opts}
     if stage and cfg.get("checkpoint"):
         p = Path(cfg["checkpoint"])
@@ -196,22 +197,22 @@ def _atomic_save(obj, path) -> Path:
 def _load(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; give the .pt file a training run wrote "
+        raise MissingFileError(f"checkpoint {path} does not exist; give the .pt file a training run wrote "
                                 "(e.g. OUT/discovery.pt, OUT/deepssm.pt, OUT/semisup.pt)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable shape_nb checkpoint ({why}); it may be truncated (an interrupted "
+        raise InputError(f"{path} is not a readable shape_nb checkpoint ({why}); it may be truncated (an interrupted "
                          "copy) or another kind of file: use the .pt file a training run wrote") from e
-    if not isinstance(obj, dict): raise ValueError(f"{path} is not a shape_nb checkpoint")
+    if not isinstance(obj, dict): raise InputError(f"{path} is not a shape_nb checkpoint")
     return obj
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     "Load a checkpoint written by `save_checkpoint` (safe `weights_only` unpickling)."
     ckpt = _load(path, map_location)
     if "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a shape_nb checkpoint (no state_dict)")
+        raise InputError(f"{path} is not a shape_nb checkpoint (no state_dict)")
     return ckpt
 
 # %% ../nbs/07_train.ipynb #f542ef19
@@ -386,7 +387,7 @@ def load_train_state(path: str | Path) -> dict:
     "Read a training-state file written by `fit(..., TrainConfig(checkpoint=path))` (`weights_only` unpickling)."
     st = _load(path)
     if st.get("kind") != "shape_nb.train_state":
-        raise ValueError(f"{path} is not a shape_nb training state (it may be a model checkpoint: load it with the estimator's load)")
+        raise InputError(f"{path} is not a shape_nb training state (it may be a model checkpoint: load it with the estimator's load)")
     return st
 
 def _resume(path, r: _Run, sched):
@@ -395,13 +396,13 @@ def _resume(path, r: _Run, sched):
     saved, now = st["config"], _plain(r.cfg)
     diffs = [f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in _RESULT_KEYS if saved.get(k) != now[k]]
     if diffs:
-        raise ValueError(f"cannot resume from {path}: it was written with other settings ({'; '.join(diffs)}); "
+        raise InputError(f"cannot resume from {path}: it was written with other settings ({'; '.join(diffs)}); "
                          "use the same settings, or start afresh without resume")
     try:
         r.model.load_state_dict(st["model"])
         r.opt.load_state_dict(st["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ValueError(f"cannot resume from {path}: it holds another model or optimiser ({str(e).splitlines()[0]}); "
+        raise InputError(f"cannot resume from {path}: it holds another model or optimiser ({str(e).splitlines()[0]}); "
                          "start afresh without resume") from e
     if sched is not None and st["scheduler"] is not None: sched.load_state_dict(st["scheduler"])
     h = dict(st["history"])

@@ -17,6 +17,7 @@ from .core import norm_to_index, pixel_grid
 __all__ = ['LANDMARK_COLORS', 'AXIS_NAMES', 'image_figure', 'registration_figure', 'heatmap_figure', 'downsample_volume',
            'volume_slice', 'landmarks_near_slice', 'slices_figure', 'landmarks_3d_figure', 'heatmap_volume_figure',
            'correspondence_figure', 'shape_figure', 'shape_animation', 'embedding_figure', 'bar_figure', 'training_curves', 'save_html']
+from .core import InputError
 
 # %% auto #0
 __all__ = ['LANDMARK_COLORS', 'AXIS_NAMES', 'image_figure', 'registration_figure', 'heatmap_figure', 'downsample_volume',
@@ -34,14 +35,14 @@ def _image2d(image, name="image") -> np.ndarray:
     "One grey image as float32 (H, W) from (H, W), (1, H, W) or (1, 1, H, W)."
     a = _np(image).astype(np.float32)
     while a.ndim > 2 and a.shape[0] == 1: a = a[0]
-    if a.ndim != 2: raise ValueError(f"{name}: expected one 2D image (H, W), (1, H, W) or (1, 1, H, W), got shape {_np(image).shape}")
+    if a.ndim != 2: raise InputError(f"{name}: expected one 2D image (H, W), (1, H, W) or (1, 1, H, W), got shape {_np(image).shape}")
     return a
 
 def _points(x, d, name="landmarks") -> np.ndarray:
     "(K, d) float array from (K, d) or (1, K, d)."
     a = _np(x).astype(np.float64)
     if a.ndim == 3 and a.shape[0] == 1: a = a[0]
-    if a.ndim != 2 or a.shape[-1] != d: raise ValueError(f"{name}: expected (K, {d}) points, got shape {a.shape}")
+    if a.ndim != 2 or a.shape[-1] != d: raise InputError(f"{name}: expected (K, {d}) points, got shape {a.shape}")
     return a
 
 def _sets(landmarks, d) -> dict:
@@ -78,7 +79,7 @@ def image_figure(images,                       # (n, H, W), (n, 1, H, W) or one 
     imgs = _np(images).astype(np.float32)
     if imgs.ndim == 2: imgs = imgs[None]
     if imgs.ndim == 4: imgs = imgs[:, 0]
-    if imgs.ndim != 3: raise ValueError(f"images: expected (n, H, W) or (n, 1, H, W), got {imgs.shape}")
+    if imgs.ndim != 3: raise InputError(f"images: expected (n, H, W) or (n, 1, H, W), got {imgs.shape}")
     n, H, W = imgs.shape
     landmarks = {k: _np(v).reshape(n, -1, 2) for k, v in (landmarks or {}).items()}
     cols = cols or min(n, 4); rows = -(-n // cols)
@@ -127,7 +128,7 @@ def registration_figure(source,                    # (H, W) source image (or (1,
     H, W = src_img.shape
     src, dst = _points(src_landmarks, 2, "src_landmarks"), _points(tgt_landmarks, 2, "tgt_landmarks")
     if src.shape != dst.shape:
-        raise ValueError(f"src_landmarks {src.shape} and tgt_landmarks {dst.shape} must have the same shape (K, 2)")
+        raise InputError(f"src_landmarks {src.shape} and tgt_landmarks {dst.shape} must have the same shape (K, 2)")
     s, d = torch.from_numpy(src)[None], torch.from_numpy(dst)[None]
     if registered is None:
         registered = tps_warp_image(torch.from_numpy(src_img).double()[None, None], s, d, reg=reg)[0, 0]
@@ -167,8 +168,8 @@ def heatmap_figure(image,                     # (H, W) image (or (1, 1, H, W))
     if hm.ndim == 4 and hm.shape[0] == 1: hm = hm[0]
     if hm.ndim == 2: hm = hm[None]
     if hm.ndim != 3 or hm.shape[1:] != img.shape:
-        raise ValueError(f"heatmaps: expected (K, {img.shape[0]}, {img.shape[1]}) maps matching the image, got shape {_np(heatmaps).shape}")
-    if mode not in ("max", "each"): raise ValueError(f"mode must be 'max' or 'each', got {mode!r}")
+        raise InputError(f"heatmaps: expected (K, {img.shape[0]}, {img.shape[1]}) maps matching the image, got shape {_np(heatmaps).shape}")
+    if mode not in ("max", "each"): raise InputError(f"mode must be 'max' or 'each', got {mode!r}")
     K, (H, W) = hm.shape[0], img.shape
     sets = {k: norm_to_index(v, (H, W)) for k, v in _sets(landmarks, 2).items()}
     maps = [hm.max(0)] if mode == "max" else list(hm)
@@ -197,7 +198,7 @@ def _volume(volume, name="volume") -> np.ndarray:
     a = _np(volume).astype(np.float32)
     while a.ndim > 3 and a.shape[0] == 1: a = a[0]
     if a.ndim != 3:
-        raise ValueError(f"{name}: expected a 3D volume (D, H, W), (1, D, H, W) or (1, 1, D, H, W), got shape {_np(volume).shape}")
+        raise InputError(f"{name}: expected a 3D volume (D, H, W), (1, D, H, W) or (1, 1, D, H, W), got shape {_np(volume).shape}")
     return a
 
 def downsample_volume(volume,                # (D, H, W), (1, D, H, W) or (1, 1, D, H, W)
@@ -218,7 +219,7 @@ def downsample_volume(volume,                # (D, H, W), (1, D, H, W) or (1, 1,
 
 def _spacing(spacing):
     sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, dtype=float), (3,)).copy()
-    if (sp <= 0).any(): raise ValueError(f"spacing must be positive (x, y, z) mm, got {tuple(sp)}")
+    if (sp <= 0).any(): raise InputError(f"spacing must be positive (x, y, z) mm, got {tuple(sp)}")
     return sp
 
 def _axes_mm(shape, full_shape, spacing):
@@ -242,9 +243,9 @@ def volume_slice(volume,          # (D, H, W) volume (numpy or torch)
                 ) -> np.ndarray:  # 2D array: rows = vertical, columns = horizontal display axis
     "One orthogonal slice: axial (y, x), coronal (z, x) or sagittal (z, y)."
     v = _volume(volume)
-    if axis not in (0, 1, 2): raise ValueError(f"axis must be 0 (axial), 1 (coronal) or 2 (sagittal), got {axis!r}")
+    if axis not in (0, 1, 2): raise InputError(f"axis must be 0 (axial), 1 (coronal) or 2 (sagittal), got {axis!r}")
     if not 0 <= index < v.shape[axis]:
-        raise ValueError(f"slice index {index} is outside 0..{v.shape[axis] - 1} along axis {axis} of a volume of shape {v.shape}")
+        raise InputError(f"slice index {index} is outside 0..{v.shape[axis] - 1} along axis {axis} of a volume of shape {v.shape}")
     return np.take(v, index, axis=axis)
 
 def landmarks_near_slice(points,        # (K, 3) normalised (x, y, z) landmarks
@@ -288,7 +289,7 @@ def slices_figure(volume,                      # (D, H, W) volume (or (1, 1, D, 
         hm = downsample_volume(hm, shape=v.shape)
     axes = tuple(axes)
     index = tuple(s // 2 for s in full.shape) if index is None else tuple(int(i) for i in index)
-    if len(index) != 3: raise ValueError(f"index: expected one slice number per axis (z, y, x), got {index}")
+    if len(index) != 3: raise InputError(f"index: expected one slice number per axis (z, y, x), got {index}")
     lo, hi = (np.percentile(v, [1, 99]) if window is None else window)
     mm = _axes_mm(v.shape, full.shape, sp)           # x, y, z coordinates of displayed voxel centres
     fig = make_subplots(rows=1, cols=len(axes), horizontal_spacing=0.04,
@@ -321,7 +322,7 @@ def slices_figure(volume,                      # (D, H, W) volume (or (1, 1, D, 
 def _surface_trace(go, v, full_shape, sp, level, surface, color="#cccccc", opacity=0.35, name="surface"):
     "Isosurface of the displayed volume `v` at `level`: a marching-cubes Mesh3d (scikit-image) or a go.Isosurface."
     if surface not in ("auto", "mesh", "isosurface"):
-        raise ValueError(f"surface must be 'auto', 'mesh' or 'isosurface', got {surface!r}")
+        raise InputError(f"surface must be 'auto', 'mesh' or 'isosurface', got {surface!r}")
     if surface in ("auto", "mesh"):
         try:
             from skimage.measure import marching_cubes
@@ -363,7 +364,7 @@ def landmarks_3d_figure(landmarks,              # (K, 3) normalised (x, y, z) po
         v = downsample_volume(full, max_size)
         level = float((np.median(v) + v.max()) / 2) if level is None else float(level)
         if not v.min() < level < v.max():
-            raise ValueError(f"level={level:.4g} is outside the displayed volume's range ({v.min():.4g}, {v.max():.4g}); pick a value inside it")
+            raise InputError(f"level={level:.4g} is outside the displayed volume's range ({v.min():.4g}, {v.max():.4g}); pick a value inside it")
         traces.append(_surface_trace(go, v, full.shape, sp, level, surface, opacity=opacity))
         to_xyz = lambda p: _to_mm(p, full.shape, sp)
     else:
@@ -395,9 +396,9 @@ def heatmap_volume_figure(heatmaps,               # (K, D, H, W) or (D, H, W) no
     hm = _np(heatmaps).astype(np.float32)
     while hm.ndim > 4 and hm.shape[0] == 1: hm = hm[0]
     if hm.ndim == 3: hm = hm[None]
-    if hm.ndim != 4: raise ValueError(f"heatmaps: expected (K, D, H, W) or (D, H, W), got shape {_np(heatmaps).shape}")
-    if kind not in ("isosurface", "volume"): raise ValueError(f"kind must be 'isosurface' or 'volume', got {kind!r}")
-    if not 0 < level < 1: raise ValueError(f"level is a fraction of each map's maximum, in (0, 1); got {level}")
+    if hm.ndim != 4: raise InputError(f"heatmaps: expected (K, D, H, W) or (D, H, W), got shape {_np(heatmaps).shape}")
+    if kind not in ("isosurface", "volume"): raise InputError(f"kind must be 'isosurface' or 'volume', got {kind!r}")
+    if not 0 < level < 1: raise InputError(f"level is a fraction of each map's maximum, in (0, 1); got {level}")
     sp = _spacing(spacing)
     full_shape = _volume(volume).shape if volume is not None else hm.shape[1:]
     hv = np.stack([downsample_volume(h, max_size) for h in hm])
@@ -440,18 +441,18 @@ def correspondence_figure(points,              # (M, 3) or (M, 2) correspondence
     "Correspondence points coloured by a per-point value, on a mesh (vertex intensity) or as points."
     import plotly.graph_objects as go
     p = _np(points).astype(np.float32)
-    if p.ndim != 2 or p.shape[1] not in (2, 3): raise ValueError(f"points: expected (M, 2) or (M, 3), got shape {p.shape}")
+    if p.ndim != 2 or p.shape[1] not in (2, 3): raise InputError(f"points: expected (M, 2) or (M, 3), got shape {p.shape}")
     M = len(p)
     val = None if values is None else _np(values).astype(np.float32).ravel()
-    if val is not None and len(val) != M: raise ValueError(f"values: expected {M} values (one per point), got {len(val)}")
+    if val is not None and len(val) != M: raise InputError(f"values: expected {M} values (one per point), got {len(val)}")
     cbar = dict(title=value_name)
     crange = dict(cmin=float(val.min()), cmax=float(val.max() if cmax is None else cmax)) if val is not None else {}
     hover = [f"point {i}" + ("" if val is None else f": {value_name} {val[i]:.3g}") for i in range(M)]
     if faces is not None:
-        if p.shape[1] != 3: raise ValueError("faces: a mesh needs 3D points (M, 3)")
+        if p.shape[1] != 3: raise InputError("faces: a mesh needs 3D points (M, 3)")
         f = _np(faces).astype(np.int64)
         if f.ndim != 2 or f.shape[1] != 3 or f.min() < 0 or f.max() >= M:
-            raise ValueError(f"faces: expected (F, 3) vertex indices in 0..{M - 1}, got shape {f.shape} with range "
+            raise InputError(f"faces: expected (F, 3) vertex indices in 0..{M - 1}, got shape {f.shape} with range "
                              f"{f.min() if f.size else None}..{f.max() if f.size else None}")
         kw = dict(intensity=val, intensitymode="vertex", colorscale=colorscale, colorbar=cbar, **crange) if val is not None else dict(color="#bbbbbb")
         tr = go.Mesh3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name="mesh", text=hover,
@@ -488,13 +489,13 @@ def _shape_trace(go, p, faces, closed, ref=False, coords_only=False):
 
 def _shape_inputs(S, mean, faces):
     "Validate (T, K, d) shapes, the (K, d) mean and (F, 3) faces; float32 / int32 arrays."
-    if S.ndim != 3 or S.shape[-1] not in (2, 3): raise ValueError(f"shapes: expected (T, K, 2) or (T, K, 3), got shape {S.shape}")
+    if S.ndim != 3 or S.shape[-1] not in (2, 3): raise InputError(f"shapes: expected (T, K, 2) or (T, K, 3), got shape {S.shape}")
     T, K, d = S.shape
     if mean is not None:
         mean = _np(mean).astype(np.float32)
-        if mean.shape != (K, d): raise ValueError(f"mean: expected shape {(K, d)}, got {mean.shape}")
+        if mean.shape != (K, d): raise InputError(f"mean: expected shape {(K, d)}, got {mean.shape}")
     f = None if faces is None else _np(faces).astype(np.int32)
-    if f is not None and d != 3: raise ValueError("faces: a mesh needs 3D shapes (K, 3)")
+    if f is not None and d != 3: raise InputError("faces: a mesh needs 3D shapes (K, 3)")
     return mean, f
 
 def _shape_axes(fig, S, mean):
@@ -541,7 +542,7 @@ def shape_animation(shapes,                 # (T, K, d) or a list of (K, d) shap
     mean, f = _shape_inputs(S, mean, faces)
     T, K, d = S.shape
     labels = [str(i) for i in range(T)] if labels is None else [str(l) for l in labels]
-    if len(labels) != T: raise ValueError(f"labels: expected {T} labels (one per frame), got {len(labels)}")
+    if len(labels) != T: raise InputError(f"labels: expected {T} labels (one per frame), got {len(labels)}")
     base = [_shape_trace(go, mean, f, closed, ref=True)] if mean is not None else []
     moving = len(base)                     # index of the animated trace
     frames = [go.Frame(data=[_shape_trace(go, S[t], f, closed, coords_only=True)], traces=[moving], name=labels[t]) for t in range(T)]
@@ -570,12 +571,12 @@ def embedding_figure(scores,                 # (n, m >= 2) embedding, e.g. PCA s
     "2D scatter of an embedding, one colour per cluster (hover: the item's name and label)."
     import plotly.graph_objects as go
     Z = _np(scores).astype(np.float64)
-    if Z.ndim != 2 or Z.shape[1] < 2: raise ValueError(f"scores: expected (n, m >= 2), got shape {Z.shape}")
+    if Z.ndim != 2 or Z.shape[1] < 2: raise InputError(f"scores: expected (n, m >= 2), got shape {Z.shape}")
     n = len(Z); a, b = dims
     lab = np.zeros(n, dtype=int) if labels is None else np.asarray(_np(labels))
-    if len(lab) != n: raise ValueError(f"labels: expected {n} labels (one per row of scores), got {len(lab)}")
+    if len(lab) != n: raise InputError(f"labels: expected {n} labels (one per row of scores), got {len(lab)}")
     names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
-    if len(names) != n: raise ValueError(f"names: expected {n} names, got {len(names)}")
+    if len(names) != n: raise InputError(f"names: expected {n} names, got {len(names)}")
     fig = go.Figure()
     for j, u in enumerate(np.unique(lab)):
         m = np.flatnonzero(lab == u)

@@ -14,6 +14,7 @@ import torch
 from .core import norm_to_index
 
 __all__ = ['VolumeViewer', 'PairViewer', 'ShapeModeExplorer', 'DatasetBrowser', 'view_itk']
+from .core import InputError
 
 # %% auto #0
 __all__ = ['VolumeViewer', 'PairViewer', 'ShapeModeExplorer', 'DatasetBrowser', 'view_itk']
@@ -57,7 +58,7 @@ def _landmark_sets(landmarks, d) -> dict:
     for k, v in landmarks.items():
         a = _np(v).astype(np.float64)
         if a.ndim == 3 and a.shape[0] == 1: a = a[0]
-        if a.ndim != 2 or a.shape[1] != d: raise ValueError(f"landmarks[{k!r}]: expected (K, {d}) normalised points, got shape {a.shape}")
+        if a.ndim != 2 or a.shape[1] != d: raise InputError(f"landmarks[{k!r}]: expected (K, {d}) normalised points, got shape {a.shape}")
         out[k] = a
     return out
 
@@ -165,10 +166,10 @@ class PairViewer(_Viewer):
         import plotly.graph_objects as go
         imgs = _np(images).astype(np.float32)
         if imgs.ndim == 4 and imgs.shape[1] == 1: imgs = imgs[:, 0]
-        if imgs.ndim != 3 or len(imgs) < 2: raise ValueError(f"images: expected (n >= 2, 1, H, W) or (n, H, W), got shape {_np(images).shape}")
+        if imgs.ndim != 3 or len(imgs) < 2: raise InputError(f"images: expected (n >= 2, 1, H, W) or (n, H, W), got shape {_np(images).shape}")
         lm = _np(landmarks).astype(np.float64)
         if lm.ndim != 3 or lm.shape[0] != len(imgs) or lm.shape[2] != 2:
-            raise ValueError(f"landmarks: expected ({len(imgs)}, K, 2) normalised points, got shape {lm.shape}")
+            raise InputError(f"landmarks: expected ({len(imgs)}, K, 2) normalised points, got shape {lm.shape}")
         self.images_, self.landmarks_ = imgs, lm
         self.names = [str(i) for i in range(len(imgs))] if names is None else [str(s) for s in names]
         self.n_lines, self.reg, self.height = n_lines, reg, height
@@ -208,10 +209,10 @@ class ShapeModeExplorer(_Viewer):
                 ):
         import ipywidgets as W
         import plotly.graph_objects as go
-        if not hasattr(pca, "std_"): raise ValueError("pca: expected a fitted ShapePCA (call .fit(shapes) first)")
+        if not hasattr(pca, "std_"): raise InputError("pca: expected a fitted ShapePCA (call .fit(shapes) first)")
         self.pca, self.faces, self.closed, self.height = pca, faces, closed, height
         n = min(int(n_modes), int(pca.n_components_))
-        if n < 1: raise ValueError(f"n_modes must be >= 1, got {n_modes}")
+        if n < 1: raise InputError(f"n_modes must be >= 1, got {n_modes}")
         self.sliders = [W.FloatSlider(value=0.0, min=-max_std, max=max_std, step=0.1, description=f"mode {i + 1}",
                                       continuous_update=True) for i in range(n)]
         self.reset = W.Button(description="reset")
@@ -272,17 +273,17 @@ class DatasetBrowser(_Viewer):
         import plotly.graph_objects as go
         x = _np(images).astype(np.float32)
         if x.ndim >= 4 and x.shape[1] == 1: x = x[:, 0]
-        if x.ndim not in (3, 4): raise ValueError(f"images: expected (n, 1, H, W), (n, H, W) or (n, 1, D, H, W), got shape {_np(images).shape}")
+        if x.ndim not in (3, 4): raise InputError(f"images: expected (n, 1, H, W), (n, H, W) or (n, 1, D, H, W), got shape {_np(images).shape}")
         n, d = len(x), x.ndim - 1
         lm = _np(landmarks).astype(np.float64)
         if lm.ndim != 3 or lm.shape[0] != n or lm.shape[2] != d:
-            raise ValueError(f"landmarks: expected ({n}, K, {d}) normalised points, got shape {lm.shape}")
+            raise InputError(f"landmarks: expected ({n}, K, {d}) normalised points, got shape {lm.shape}")
         pred = None if predicted is None else _np(predicted).astype(np.float64)
         if pred is not None and pred.shape != lm.shape:
-            raise ValueError(f"predicted: expected the shape of landmarks {lm.shape}, got {pred.shape}")
+            raise InputError(f"predicted: expected the shape of landmarks {lm.shape}, got {pred.shape}")
         self.images_, self.landmarks_, self.predicted_, self.dim = x, lm, pred, d
         self.names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
-        if len(self.names) != n: raise ValueError(f"names: expected {n} names, got {len(self.names)}")
+        if len(self.names) != n: raise InputError(f"names: expected {n} names, got {len(self.names)}")
         self.spacing = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, dtype=float), (d,))
         self.unit = "px" if spacing is None else "mm"
         self.max_size, self.height = max_size, height
