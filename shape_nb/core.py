@@ -15,8 +15,8 @@ import torch
 
 # %% auto #0
 __all__ = ['InputError', 'MissingFileError', 'DeviceError', 'check_shape', 'to_numpy', 'as_images', 'as_points', 'index_to_norm',
-           'norm_to_index', 'index_to_mm', 'mm_to_index', 'norm_to_mm', 'mm_to_norm', 'pixel_grid', 'seed_everything',
-           'get_device']
+           'norm_to_index', 'index_to_mm', 'mm_to_index', 'norm_to_mm', 'mm_to_norm', 'pixel_grid', 'patch',
+           'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #bd9def5a
 class InputError(ValueError):
@@ -167,6 +167,17 @@ def pixel_grid(spatial_shape: Sequence[int],  # (H, W) or (D, H, W)
     axes = [(2 * torch.arange(n, dtype=dtype, device=device) + 1) / n - 1 for n in spatial_shape]
     mesh = torch.meshgrid(*axes, indexing="ij")    # array order (z, y, x)
     return torch.stack(mesh[::-1], dim=-1)
+
+# %% ../nbs/00_core.ipynb #a5de4a0d
+def patch(f):
+    "Add `f` as a method to the class its `self` parameter is annotated with; returns `f`."
+    import inspect
+    ann = inspect.signature(f).parameters[next(iter(inspect.signature(f).parameters))].annotation
+    cls = eval(ann, f.__globals__) if isinstance(ann, str) else ann
+    if not isinstance(cls, type): raise TypeError(f"patch: annotate the first parameter of {f.__name__} with a class")
+    f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+    setattr(cls, f.__name__, f)
+    return f
 
 # %% ../nbs/00_core.ipynb #486c8212
 def seed_everything(seed: int,                  # the seed for python, numpy and torch (all devices)

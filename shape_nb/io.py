@@ -30,9 +30,9 @@ from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'LANDMARK_EXTENSIONS', 'shared_data_dir', 'Image', 'read_image', 'write_image', 'natural_key',
-           'resize_image', 'read_images', 'stack_images', 'read_labelme', 'write_labelme', 'read_pts', 'write_pts',
-           'TpsSpecimen', 'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv', 'read_particles',
-           'write_particles', 'check_landmarks', 'read_landmark_folder']
+           'resize_image', 'read_images', 'stack_images', 'file_stem', 'read_labelme', 'write_labelme', 'read_pts',
+           'write_pts', 'TpsSpecimen', 'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv',
+           'read_particles', 'write_particles', 'check_landmarks', 'read_landmark_folder']
 
 # %% ../nbs/02_io.ipynb #dd95f931
 def _repo_root() -> Path | None:
@@ -460,6 +460,16 @@ def stack_images(images: Sequence[Image],      # images of one size, e.g. from `
     if not images: raise InputError("no images to stack")
     _check_same_size(images)
     return torch.from_numpy(np.stack([im.array for im in images])[:, None]).to(dtype)
+
+# %% ../nbs/02_io.ipynb #51ef0b1d
+_STEM_EXTENSIONS = (".nii.gz", ".mrk.json")
+
+def file_stem(path) -> str:
+    "File name without its extension (`.nii.gz` and `.mrk.json` count as one): `scans/001.nii.gz` -> '001'."
+    name = Path(str(path)).name
+    for ext in _STEM_EXTENSIONS:
+        if name.lower().endswith(ext): return name[: -len(ext)]
+    return Path(name).stem
 
 # %% ../nbs/02_io.ipynb #cdde7489
 def read_labelme(path: str | os.PathLike,            # LabelMe .json file
