@@ -13,10 +13,9 @@ import torch
 
 from .core import check_shape
 
-__all__ = ['Similarity', 'centroid_size', 'procrustes_align', 'apply_similarity', 'invert_similarity', 'GPA',
-           'ShapePCA', 'PPCA', 'GroupDifference', 'group_difference', 'GaussianSampler', 'GMMSampler',
-           'KDESampler']
-from .core import InputError
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from .core import InputError, patch
 
 # %% auto #0
 __all__ = ['Similarity', 'centroid_size', 'procrustes_align', 'apply_similarity', 'invert_similarity', 'GPA', 'ShapePCA', 'PPCA',
@@ -128,7 +127,7 @@ def invert_similarity(transform: Similarity,  # from `procrustes_align` or `GPA.
     return Similarity(_out(si, like), _out(Ri, like), _out(ti, like))
 
 # %% ../nbs/05_shape.ipynb #236dd490
-class GPA:
+class GPA(TransformerMixin, BaseEstimator):
     "Generalised Procrustes analysis: align a sample of `(n, K, d)` shapes to their iteratively estimated mean."
     def __init__(self,
                  scaling: bool = True,      # similarity alignment with the mean rescaled to centroid size 1; False: rigid
@@ -177,7 +176,7 @@ class GPA:
         return _out(torch.from_numpy(self.aligned_), shapes)
 
 # %% ../nbs/05_shape.ipynb #b39b1209
-class ShapePCA:
+class ShapePCA(TransformerMixin, BaseEstimator):
     "PCA of `(n, K, d)` shapes (flattened), optionally GPA-aligned first; scikit-learn style."
     def __init__(self,
                  n_components: int | float | None = None,  # None: all non-zero modes; int; or variance fraction in (0, 1]
@@ -278,6 +277,33 @@ class ShapePCA:
         b = np.zeros((len(stds), self.n_components_))
         b[:, mode] = np.asarray(stds, dtype=np.float64) * self.std_[mode]
         return self.inverse_transform(b)
+
+# %% ../nbs/05_shape.ipynb #f1b8602d
+_PCA_STATE = ("mean_", "components_", "eigenvalues_", "explained_variance_", "explained_variance_ratio_", "std_")
+
+@patch
+def state_dict(self: ShapePCA) -> dict:
+    "Parameters and learned arrays as plain values (for `torch.save(weights_only=True)` checkpoints)."
+    _check_fitted(self, "mean_")
+    sd = dict(params=self.get_params(), n_shapes=int(self.n_shapes_), n_components=int(self.n_components_),
+              gpa_mean=None if self.gpa_ is None else self.gpa_.mean_)
+    sd.update({k.rstrip("_"): getattr(self, k) for k in _PCA_STATE})
+    return sd
+
+def _from_state_dict(cls, sd: dict) -> ShapePCA:
+    "A fitted model from `state_dict()`: transforms exactly as the saved one."
+    a = lambda v: np.asarray(v.numpy() if torch.is_tensor(v) else v, dtype=np.float64)
+    self = cls(**sd["params"])
+    for k in _PCA_STATE: setattr(self, k, a(sd[k.rstrip("_")]))
+    self.n_points_, self.dim_ = self.mean_.shape
+    self.n_shapes_, self.n_components_ = int(sd["n_shapes"]), int(sd["n_components"])
+    self.gpa_ = None
+    if sd["gpa_mean"] is not None:
+        self.gpa_ = GPA(self.scaling, max_iter=self.max_iter, tol=self.tol)
+        self.gpa_.mean_ = a(sd["gpa_mean"])
+    return self
+
+ShapePCA.from_state_dict = classmethod(_from_state_dict)
 
 # %% ../nbs/05_shape.ipynb #81a8c576
 class PPCA(ShapePCA):
@@ -416,7 +442,7 @@ def _sqrt_psd(C: np.ndarray) -> np.ndarray:
     w, V = np.linalg.eigh(C)
     return V * np.sqrt(np.clip(w, 0, None))
 
-class GaussianSampler:
+class GaussianSampler(BaseEstimator):
     "Sample PCA scores from one Gaussian fitted to the training scores."
     def __init__(self,
                  covariance_type: str = "full",  # 'full' or 'diag'
@@ -443,7 +469,7 @@ class GaussianSampler:
         z = self._rng.standard_normal((n, len(self.mean_)))
         return _out(torch.from_numpy(self.mean_ + z @ self._A.T), self._like)
 
-class GMMSampler:
+class GMMSampler(BaseEstimator):
     "Sample PCA scores from a Gaussian mixture (scikit-learn), its size chosen by BIC unless given."
     def __init__(self,
                  n_components: int | None = None,  # mixture components; None: BIC over 1..max_components
@@ -491,7 +517,7 @@ class GMMSampler:
         out = _out(torch.from_numpy(g.means_[lab] + np.einsum("nij,nj->ni", self._A[lab], z)), self._like)
         return (out, lab) if return_labels else out
 
-class KDESampler:
+class KDESampler(BaseEstimator):
     "DeepSSM's kernel density sampler: a random training score plus N(0, sigma^2 I), sigma = mean nearest-neighbour distance."
     def __init__(self,
                  bandwidth: float | None = None,  # sigma; None: mean Euclidean nearest-neighbour distance of the scores
