@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # shape_nb: set up and run.
 #   ./run.sh          create .venv, install, run the demo on the embedded phantoms
-#   ./run.sh test     export/clean checks, notebook tests, pytest (ends with pytest's summary line)
+#   ./run.sh test     export/clean checks, ruff, notebook tests, pytest (ends with pytest's summary line)
 #   ./run.sh bench    the benchmarks as CPU smoke runs (--quick --device cpu; tables + bench/results/*.json):
 #                     TPS vs kornia and torch-tps, discovery training throughput, DeepSSM speed, semi-supervised
 #                     wall time, DDP scaling under torchrun. Arguments replace the defaults for all of them:
 #                     ./run.sh bench --device cuda runs them at full size on a GPU (each bench/*.py docstring gives its own command and options)
 #   ./run.sh readme   regenerate README.md from nbs/index.ipynb
 #   ./run.sh docs     build the documentation site offline into _docs/html (Sphinx + myst-nb over nbs/)
+#   ./run.sh lab      JupyterLab on the notebooks (nbs/); their kernel (python3) is this venv's python. It runs
+#                     offline: no news feed, no update check, no PyPI extension manager. Arguments go to
+#                     `jupyter lab` (later options win), e.g. ./run.sh lab --no-browser --port 8899
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -66,6 +69,8 @@ case "$cmd" in
     export MPLBACKEND=Agg PYTHONHASHSEED=0
     check_unchanged "nbdev_export (notebooks and module in sync)" shape_nb nbdev_export
     check_unchanged "nbdev_clean (notebooks clean)" nbs nbdev_clean
+    echo "== ruff (lint, 120 columns: nbs/ tests/ bench/)"
+    ruff check --quiet nbs tests bench
     echo "== nbdev_test"
     SHAPE_NB_QUICK=1 nbdev_test --n_workers 2 --timing   # tutorials run their tiny version under test
     echo "== pytest"
@@ -84,8 +89,16 @@ case "$cmd" in
   docs)
     python nbs/_sphinx/build.py --jobs 2 "$@"
     ;;
+  lab)
+    # the venv's kernelspecs come first, so the notebooks' `python3` kernel is the venv's python (shape_nb importable)
+    export JUPYTER_PATH="$PWD/$VENV/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
+    root=(); [ "$(id -u)" = 0 ] && root=(--allow-root)   # containers often run as root
+    exec jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=python3 \
+      --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate \
+      --LabApp.extension_manager=readonly "${root[@]}" "$@"
+    ;;
   *)
-    echo "usage: ./run.sh [demo|test|bench|readme|docs] [args...]" >&2
+    echo "usage: ./run.sh [demo|test|bench|readme|docs|lab] [args...]" >&2
     exit 2
     ;;
 esac

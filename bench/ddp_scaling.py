@@ -33,16 +33,16 @@ def worker(a):
     from shape_nb.train import dist_info
     torch.set_num_threads(a.threads)
     imgs, _ = (tps_phantoms if a.dim == 2 else tps_phantoms_3d)(a.n_images, a.size, seed=0)
-    est = LandmarkDiscovery(k=a.k, epochs=a.epochs, batch_size=a.batch_size, pairs="random", pairs_per_epoch=a.pairs,
+    est = LandmarkDiscovery(n_landmarks=a.k, epochs=a.epochs, batch_size=a.batch_size, pairs="random", pairs_per_epoch=a.pairs,
                             lr=a.lr, val_fraction=0, device=a.device, progress=False).fit(imgs)
     rank, world = dist_info()
     if rank == 0:
-        secs = est.history_.column("seconds")
+        secs = est.history_["train"].column("seconds")
         steady = secs[1:] or secs
         used = a.pairs // (a.batch_size * world) * a.batch_size * world        # an incomplete last round is dropped
         Path(a.worker).write_text(json.dumps(dict(world=world, seconds=secs, pairs_per_epoch=used,
                                                   pairs_per_s=used * len(steady) / sum(steady),
-                                                  final_train_loss=est.history_.records[-1]["train_loss"],
+                                                  final_train_loss=est.history_["train"].records[-1]["train_loss"],
                                                   device=str(next(est.model_.parameters()).device))))
 
 

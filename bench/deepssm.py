@@ -160,7 +160,7 @@ def run(a):
                   device="cpu", random_state=a.seed, progress=not a.no_progress)
     for name in a.models:
         t = time.perf_counter()
-        est = DeepSSM(**MODELS[name], **params).fit(X[tr], P[tr], val=(X[va], P[va]),
+        est = DeepSSM(**MODELS[name], **params).fit(X[tr], P[tr], validation=(X[va], P[va]),
                                                      extra=(torch.as_tensor(np.asarray(aug.images)), aug.points))
         train_s = time.perf_counter() - t
         pred = est.predict(X[te]).double().numpy()

@@ -40,7 +40,7 @@ def run_phantoms(a, dev):
     n = a.n_train + a.n_test
     imgs, cps = tps_phantoms(n, a.size, sigma=a.sigma, seed=a.seed)
     train, test, cps_test = imgs[:a.n_train], imgs[a.n_train:], cps[a.n_train:]
-    est = LandmarkDiscovery(k=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
+    est = LandmarkDiscovery(n_landmarks=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
                             lr=a.lr, noise_std=a.noise, device=str(dev), random_state=a.seed, progress=not a.no_progress)
     secs = fit_timed(est, train)
     steps_pairs = a.epochs * min(a.pairs_per_epoch, a.n_train * (a.n_train - 1))
@@ -53,7 +53,7 @@ def run_phantoms(a, dev):
     g = torch.Generator().manual_seed(0)
     for keep in sorted({6, 10, 15, a.k} & set(range(1, a.k + 1))):
         est.prune(n_keep=keep)
-        lm = est.transform(test)
+        lm = est.predict(test)
         dist = nearest_distance(cps_test, lm) * half
         rand = torch.rand(len(test), keep, 2, generator=g) * 1.6 - 0.8   # baseline: random landmarks
         rdist = nearest_distance(cps_test, rand) * half
@@ -64,7 +64,7 @@ def run_phantoms(a, dev):
                lam=a.lam, epochs=a.epochs, train_seconds=secs, pairs_per_second=steps_pairs / secs,
                rel_reg_error_before=err["before"], rel_reg_error_after=err["after"], rel_reg_error_oracle=oracle,
                importance=imp.tolist(), pruning=rows,
-               history=[{k: v for k, v in r.items()} for r in est.history_.records])
+               history=[{k: v for k, v in r.items()} for r in est.history_["train"].records])
     print(f"phantoms {a.size}x{a.size}: {a.n_train} train / {a.n_test} test, K={a.k}+4 corners, lambda={a.lam}, "
           f"{a.epochs} epochs in {secs:.1f} s ({res['pairs_per_second']:.0f} pairs/s) on {dev}")
     print(f"  held-out mean relative registration error ||I_T-I_R||^2/||I_T||^2: before {err['before']:.4%}, after {err['after']:.4%}"
@@ -90,7 +90,7 @@ def blur(x, sigma):
 
 
 def make_estimator(a, dev, d=2):
-    return LandmarkDiscovery(k=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
+    return LandmarkDiscovery(n_landmarks=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
                              lr=a.lr, noise_std=a.noise, device=str(dev), random_state=a.seed, progress=not a.no_progress,
                              channels=(16, 32, 64, 128) if d == 2 else (8, 16, 32))
 
@@ -112,7 +112,7 @@ def outline_experiment(a, dev, name, outlines, groups_by, lm_index=None, flip_y=
     secs = fit_timed(est, imgs[tr])
     err = est.registration_error(imgs[te], all_pairs(len(te))[:400])
     est.compute_importance(imgs[tr], max_pairs=64)
-    lm_tr, lm_te = est.transform(imgs[tr]).double().numpy(), est.transform(imgs[te]).double().numpy()
+    lm_tr, lm_te = est.predict(imgs[tr]).double().numpy(), est.predict(imgs[te]).double().numpy()
     half = a.size / 2
     res = dict(experiment=name, n=n, n_train=len(tr), n_test=len(te), size=a.size, k=a.k, epochs=a.epochs, blur=a.blur,
                train_seconds=secs, rel_reg_error_before=err["before"], rel_reg_error_after=err["after"],
@@ -184,7 +184,7 @@ def run_ct3d(a, dev):
     secs = fit_timed(est, train)
     test = torch.cat([test_n, test_d])
     err = est.registration_error(test, all_pairs(len(test))[:200])
-    lm_ref = est.transform(normal[:n_tr]); lm_test = est.transform(test)
+    lm_ref = est.predict(normal[:n_tr]); lm_test = est.predict(test)
     z = shape_zscores(lm_ref, lm_test, n_components=0.9)
     y = np.r_[np.zeros(len(test_n)), np.ones(len(test_d))]
     z_true = shape_zscores(cp_n[:n_tr], torch.cat([cp_n[n_tr:], cp_d[12:]]), n_components=0.9)

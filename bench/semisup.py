@@ -43,7 +43,6 @@ from shape_nb.core import get_device, index_to_norm, norm_to_index
 from shape_nb.io import read_images, read_labelme, shared_data_dir, stack_images
 from shape_nb.metrics import detection_report, radial_errors
 from shape_nb.semisup import ABLATIONS, SemiSupervisedDetector
-from shape_nb.train import load_checkpoint
 
 HALF = (835, 670)         # (H, W) of the PNGs; the originals are twice as large
 TO_ORIGINAL = 2.0         # PNG pixels -> original pixels
@@ -115,16 +114,16 @@ def pretrained(a, xl, yl, L, spacing):
     kw = dict(epochs_pretrain=a.epochs_pretrain, lr=a.lr, batch_size=a.batch_size, random_state=a.seed, device=a.device,
               progress=False, spacing=spacing, **a.extra)
     dev = a.dev.type + ("" if a.dev.type == "cpu" else f"_{a.dev.index or 0}")
-    cache = Path(a.cache) / f"pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}_s{a.seed}_{dev}.pt"
-    if cache.exists():
+    cache = Path(a.cache) / f"v2_pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}_s{a.seed}_{dev}.pt"
+    if cache.exists() and cache.with_suffix(".json").exists():
         print(f"  pre-trained network from {cache}")
-        secs = (load_checkpoint(cache).get("extra", {}).get("user") or {}).get("seconds")
+        secs = json.loads(cache.with_suffix(".json").read_text())["seconds"]
         return SemiSupervisedDetector.load(cache, device=a.device), secs
     t0 = time.perf_counter()
     det = SemiSupervisedDetector(**ABLATIONS["supervised"], epochs_finetune=0, **kw).fit(xl, yl)
     sync(a.dev)
     secs = time.perf_counter() - t0
-    det.save(cache, seconds=secs)
+    det.save(cache); cache.with_suffix(".json").write_text(json.dumps(dict(seconds=secs)))
     return det, secs
 
 
@@ -135,7 +134,7 @@ def sync(dev):
 def phase_seconds(det, total, pre_secs):
     "Seconds per phase of one fit: the training epochs of each phase, the rest of the fit as 'pseudo'."
     ph = {"pretrain": pre_secs}
-    for k, h in det.histories_.items():
+    for k, h in det.history_.items():
         if k == "pretrain": continue
         ph[k] = float(sum(r.get("seconds", 0.0) for r in h.records))
     ph["pseudo"] = total - sum(v for k, v in ph.items() if k != "pretrain")
@@ -177,7 +176,7 @@ def run(a):
                         epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr, batch_size=a.batch_size,
                         z_threshold_px=a.z, seed=a.seed, threads=a.threads)
         base, pre_secs = pretrained(a, x[lab], y[lab], L, spacing)
-        pb, _ = base.predict(x[test], return_heatmaps=False)
+        pb = base.predict(x[test])
         rb = errors(pb, gt[test])
         ptag = f"_seed{a.seed}" if a.seed else ""   # the pre-trained network depends on the seed only
         merge_json(a.out, {"results": {f"{L}/pretrained{ptag}": dict(labels=L, variant="pretrained only", tag=ptag,
@@ -190,11 +189,11 @@ def run(a):
                                          epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr,
                                          batch_size=a.batch_size, z_threshold=a.z, spacing=spacing,
                                          random_state=a.seed, device=a.device, progress=False, **a.extra)
-            det.fit(x[lab], y[lab], x[unl] if VARIANTS[v]["self_training"] else None,
+            det.fit(x[lab], y[lab], unlabelled=x[unl] if VARIANTS[v]["self_training"] else None,
                     unlabelled_landmarks=y[unl] if VARIANTS[v]["self_training"] else None)
             sync(a.dev)
             secs = time.perf_counter() - t0
-            p, _ = det.predict(x[test], return_heatmaps=False)
+            p = det.predict(x[test])
             r = errors(p, gt[test])
             per_img = radial_errors(norm_to_index(p.double().numpy(), HALF), gt[test], TO_ORIGINAL).mean(1)
             rec = dict(labels=L, variant=v, tag=a.tag, flags=VARIANTS[v], settings=settings, mre=r["mre"], sd=r["sd"], sdr=r["sdr"],

@@ -138,7 +138,7 @@ def to_error(a, device):
     rows, reached = [], None
     e = 1
     while e <= a.max_epochs:
-        est = LandmarkDiscovery(k=a.k, epochs=e, batch_size=a.err_batch, pairs_per_epoch=a.err_pairs_per_epoch,
+        est = LandmarkDiscovery(n_landmarks=a.k, epochs=e, batch_size=a.err_batch, pairs_per_epoch=a.err_pairs_per_epoch,
                                 device=str(device), random_state=0, progress=False, **extra)
         t0 = time.perf_counter(); est.fit(train); bl.sync(device)
         secs = time.perf_counter() - t0

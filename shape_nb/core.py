@@ -37,7 +37,7 @@ def check_shape(x,                    # tensor or array to check
                 name: str = "input",  # name used in error messages
                 **dims,               # known sizes: an int, or a tuple of allowed ints (e.g. d=(2, 3))
                ) -> dict:
-    "Check `x.shape` against `spec`; return the sizes bound to each named dim, or raise an `InputError` naming expected and actual shapes."
+    "Check `x.shape` against `spec`; return the sizes bound to each named dim, else raise an `InputError`."
     if not hasattr(x, "shape"):
         raise TypeError(f"{name}: expected a tensor or array of shape {_fmt(spec.split())}, got {type(x).__name__}")
     toks, shape = spec.split(), tuple(x.shape)
@@ -73,7 +73,9 @@ def to_numpy(x,                           # tensor (any device, with or without 
              dtype=np.float64,            # numpy dtype of the result
             ) -> np.ndarray:
     "A numpy copy of `x` in `dtype` (tensors are detached and moved to the CPU)."
-    if torch.is_tensor(x): x = x.detach().cpu()
+    if torch.is_tensor(x):
+        x = x.detach().cpu()
+        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.array(x, dtype=dtype)
 
 # %% ../nbs/00_core.ipynb #49263872
@@ -114,7 +116,8 @@ def _sizes(x, spatial_shape: Sequence[int]):
     "Spatial shape in array order -> per-coordinate sizes (x, y[, z]) as an array/tensor like `x`."
     n = tuple(int(s) for s in spatial_shape)[::-1]
     if x.shape[-1] != len(n):
-        raise InputError(f"points have {x.shape[-1]} coordinates but spatial_shape {tuple(spatial_shape)} has {len(n)} dims")
+        raise InputError(f"points have {x.shape[-1]} coordinates but spatial_shape {tuple(spatial_shape)} "
+                         f"has {len(n)} dims")
     if torch.is_tensor(x):
         return torch.tensor(n, dtype=x.dtype if x.is_floating_point() else torch.float64, device=x.device)
     return np.asarray(n, dtype=float)
@@ -217,7 +220,8 @@ def get_device(device: str | torch.device | None = "auto",  # "auto", "cpu", "cu
     if device is None or str(device) == "auto":
         cands = []
         if torch.cuda.is_available(): cands.append(torch.device("cuda"))
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): cands.append(torch.device("mps"))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            cands.append(torch.device("mps"))
         for c in cands:
             err = _probe(c)
             if err is None: return c
@@ -225,13 +229,16 @@ def get_device(device: str | torch.device | None = "auto",  # "auto", "cpu", "cu
         return torch.device("cpu")
     try: dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise DeviceError(f"{device!r} is not a device name: use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'") from e
+        raise DeviceError(f"{device!r} is not a device name: use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) "
+                          f"or 'mps'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         why = (f"this torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
                else f"torch {torch.__version__} with CUDA {torch.version.cuda} finds no usable GPU or driver")
-        raise DeviceError(f"device {str(device)!r} was asked for but CUDA is not available ({why}); use device='cpu' or 'auto'")
+        raise DeviceError(f"device {str(device)!r} was asked for but CUDA is not available ({why}); "
+                          f"use device='cpu' or 'auto'")
     if dev.type != "cpu":
         err = _probe(dev)
         if err is not None:
-            raise DeviceError(f"device {str(device)!r} was asked for but cannot run a kernel: {err}; use device='cpu' or 'auto'")
+            raise DeviceError(f"device {str(device)!r} was asked for but cannot run a kernel: {err}; "
+                              f"use device='cpu' or 'auto'")
     return dev

@@ -16,14 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import check_shape, pixel_grid
+from .core import InputError, MissingFileError, check_shape, patch, pixel_grid
 from .io import shared_data_dir
-
-__all__ = ['rasterize_polygons', 'FrameTransform', 'fit_to_frame',
-           'data_root', 'has_dataset', 'load_mice_vertebrae', 'load_osteosarcoma_cells', 'load_cortical_outlines',
-           'load_femurs', 'mesh_volume', 'icosphere', 'mesh_bounds', 'voxelize_mesh',
-           'Whitener', 'all_pairs', 'random_pairs', 'PairSampler', 'split_indices', 'ImageSet', 'LandmarkSet']
-from .core import InputError, MissingFileError
 
 # %% auto #0
 __all__ = ['rasterize_polygons', 'FrameTransform', 'fit_to_frame', 'data_root', 'has_dataset', 'load_mice_vertebrae',
@@ -63,7 +57,8 @@ def _fill_chunk(polys, R, C, nonzero):
     dev = polys[0].device
     a = torch.cat(polys)                                            # all edges a -> b, polygon by polygon
     b = torch.cat([p.roll(-1, 0) for p in polys])
-    pid = torch.repeat_interleave(torch.arange(len(polys), device=dev), torch.tensor([len(p) for p in polys], device=dev))
+    sizes = torch.tensor([len(p) for p in polys], device=dev)
+    pid = torch.repeat_interleave(torch.arange(len(polys), device=dev), sizes)
     # edge a-b crosses the rows r with min(ay, by) <= y_r < max(ay, by) (half-open rule: a vertex counts once);
     # y_r = (2r+1)/R - 1 >= v  <=>  r >= g(v), computed from each vertex alone so neighbouring edges agree
     g = lambda v: torch.ceil(((v + 1) * R - 1) / 2).clamp(0, R).long()
@@ -84,7 +79,8 @@ def _fill_chunk(polys, R, C, nonzero):
     count = hist.view(len(polys), R, C + 1)[..., :C].cumsum(-1, dtype=torch.int32)
     return count != 0 if nonzero else count % 2 == 1
 
-def rasterize_polygons(polygons,                 # list of (K_i, 2) arrays/tensors or an (n, K, 2) array, normalised (x, y)
+# %% ../nbs/03_data.ipynb #284c6a12
+def rasterize_polygons(polygons,                 # list of (K_i, 2) arrays/tensors or an (n, K, 2) array, normalised
                        size: int | Sequence[int], # H = W, or (H, W)
                        supersample: int = 4,     # sub-pixels per pixel along each axis (anti-aliasing)
                        fill_rule: str = "evenodd", # "evenodd" or "nonzero" (differ for self-intersecting polygons)
@@ -145,6 +141,7 @@ class FrameTransform(NamedTuple):
         "Map normalised points back to raw units."
         return self._map(points, True)
 
+# %% ../nbs/03_data.ipynb #ba656b57
 def fit_to_frame(outlines,                    # list of (K_i, 2) arrays or an (n, K, 2) array/tensor, raw units
                  margin: float = 0.1,         # free border, as a fraction of the half-width of the frame
                  keep_aspect: bool = True,    # isotropic scale (False: stretch x and y to fill the frame)
@@ -202,7 +199,8 @@ def _dataset_dir(name, root=None) -> Path:
                                     f"variable SHAPE_NB_DATA to the folder holding {name!r}, or pass root=")
     d = Path(root) / name
     if not d.is_dir():
-        raise MissingFileError(f"data set folder {str(d)!r} not found; the data root {str(root)!r} should hold a {name!r} folder")
+        raise MissingFileError(f"data set folder {str(d)!r} not found; "
+                               f"the data root {str(root)!r} should hold a {name!r} folder")
     return d
 
 def _read_csv(path: Path) -> list:
@@ -227,7 +225,7 @@ def load_mice_vertebrae(root=None,  # data root (default: `data_root()`)
 
 # %% ../nbs/03_data.ipynb #2899cae3
 def load_osteosarcoma_cells(root=None,  # data root (default: `data_root()`)
-                           ) -> dict:   # contours: list of 650 (K_i, 2) float64 pixel arrays; cell_line, treatment (650,)
+                           ) -> dict:   # contours: 650 (K_i, 2) float64 pixel arrays; cell_line, treatment (650,)
     "The 650 osteosarcoma cell contours (pixels, y up) with cell line and treatment labels."
     d = _dataset_dir("osteosarcoma_cells", root)
     files = {k: d / f"{k}.txt" for k in ("cells", "cell_lines", "treatments")}
@@ -261,7 +259,7 @@ def load_cortical_outlines(root=None,  # data root (default: `data_root()`)
 # %% ../nbs/03_data.ipynb #dd8eb07b
 def load_femurs(root=None,  # data root (default: `data_root()`)
                ) -> dict:   # mean, modes, scores, eigvals, faces, surfaces(idx)
-    "The left-femur shape model: mean (5116, 3) mm, modes (10, 5116, 3), scores (324, 10), eigvals, faces, `surfaces(idx)`."
+    "The left-femur shape model: mean (5116, 3) mm, modes (10, 5116, 3), scores (324, 10), eigvals, faces, surfaces."
     path = _dataset_dir("femurs", root) / "femur_model_left.npz"
     if not path.is_file(): raise MissingFileError(f"{str(path)!r} not found")
     with np.load(path) as z:
@@ -313,6 +311,7 @@ def icosphere(subdivisions: int = 3,           # each subdivision splits every t
         f = nf
     return np.stack(v) * radius + np.asarray(center, dtype=float), np.array(f, dtype=np.int64)
 
+# %% ../nbs/03_data.ipynb #3f1ffafe
 def mesh_bounds(vertices,                 # list of (V_i, 3) arrays/tensors or an (n, V, 3) array, mm
                 spacing: Sequence[float] | float,  # voxel size (x, y, z) mm, or one number
                 margin_mm: float = 5.0,   # free border around the union of all meshes
@@ -333,15 +332,9 @@ def _open_edges(faces: torch.Tensor) -> int:
     _, counts = torch.unique(e, dim=0, return_counts=True)
     return int((counts != 2).sum())
 
-def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
-                  faces,                    # (F, 3) integer vertex indices of a closed mesh
-                  shape: Sequence[int],     # (D, H, W) grid size, array order
-                  spacing: Sequence[float] | float = 1.0,  # voxel size (x, y, z) mm
-                  origin: Sequence[float] = (0.0, 0.0, 0.0),  # centre of voxel [0, 0, 0] (x, y, z) mm
-                  jitter: float = 1e-6,     # ray offset in voxels, against rays through edges and vertices
-                  max_pairs: int = 2**20,   # bound on (triangle, column) pairs evaluated at once (memory)
-                 ) -> torch.Tensor:         # (D, H, W) bool, on the device of `vertices`
-    "Inside mask of a closed triangle mesh on a voxel grid, by ray parity along z."
+# %% ../nbs/03_data.ipynb #d6136a9e
+def _mesh_tensors(vertices, faces):
+    "Checked (V, 3) float64 vertices and (F, 3) int64 faces, on the device of the vertices."
     v = _tensor(vertices).double()
     f = _tensor(faces).to(v.device)
     check_shape(v, "V 3", "vertices"); check_shape(f, "F 3", "faces")
@@ -350,37 +343,36 @@ def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
     if len(f) and (f.min() < 0 or f.max() >= len(v)):
         raise InputError(f"faces index vertices 0..{len(v) - 1}, got indices {int(f.min())}..{int(f.max())}")
     if not torch.isfinite(v).all(): raise InputError("vertices contain NaN or Inf")
-    if len(shape) != 3: raise InputError(f"shape must be (D, H, W), got {tuple(shape)}")
-    D, H, W = (int(s) for s in shape)
-    n_open = _open_edges(f)
-    if n_open:
-        warnings.warn(f"voxelize_mesh: the mesh is not closed ({n_open} edges are not shared by exactly two "
-                      f"faces); ray parity may leak", stacklevel=2)
+    return v, f
+
+def _grid_geometry(spacing, origin):
+    "Checked voxel spacing and origin as (3,) float arrays, (x, y, z) mm."
     sp, org = np.asarray(spacing, dtype=float), np.asarray(origin, dtype=float)
     if sp.size == 1: sp = np.full(3, float(sp))
     for nm, val in (("spacing", sp), ("origin", org)):
         if val.shape != (3,): raise InputError(f"{nm} must have 3 values (x, y, z) mm, got {val.tolist()}")
     if not (sp > 0).all(): raise InputError(f"spacing must be positive, got {sp.tolist()}")
-    sp, org = torch.as_tensor(sp, device=v.device), torch.as_tensor(org, device=v.device)
-    p = (v - org) / sp                                                   # continuous voxel indices (x, y, z)
-    p[:, 0] -= jitter * 0.7548776662466927                               # shift the mesh = shift the rays
-    p[:, 1] -= jitter * 0.5698402909980532
-    tri = p[f]                                                            # (F, 3 corners, 3 coords)
-    x0 = torch.ceil(tri[..., 0].amin(1)).clamp(0, W).long(); x1 = torch.floor(tri[..., 0].amax(1)).clamp(-1, W - 1).long()
-    y0 = torch.ceil(tri[..., 1].amin(1)).clamp(0, H).long(); y1 = torch.floor(tri[..., 1].amax(1)).clamp(-1, H - 1).long()
+    return sp, org
+
+def _ray_hits(tri, D, H, W, max_pairs):
+    "Histogram (H*W, D+1) of the z-rays' hits per column: triangles `tri` (F, 3, 3) in voxel indices (x, y, z)."
+    x0 = torch.ceil(tri[..., 0].amin(1)).clamp(0, W).long()
+    x1 = torch.floor(tri[..., 0].amax(1)).clamp(-1, W - 1).long()
+    y0 = torch.ceil(tri[..., 1].amin(1)).clamp(0, H).long()
+    y1 = torch.floor(tri[..., 1].amax(1)).clamp(-1, H - 1).long()
     nx, ny = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
     cnt = nx * ny
     keep = cnt > 0
     tri, x0, y0, nx, cnt = tri[keep], x0[keep], y0[keep], nx[keep], cnt[keep]
-    hist = torch.zeros(H * W, D + 1, dtype=torch.int32, device=v.device)
+    hist = torch.zeros(H * W, D + 1, dtype=torch.int32, device=tri.device)
     ends = cnt.cumsum(0)
     start = 0
     while start < len(cnt):
         base = int(ends[start - 1]) if start else 0
         stop = max(int(torch.searchsorted(ends, base + max_pairs, right=True)), start + 1)
         c = cnt[start:stop]
-        t = torch.repeat_interleave(torch.arange(start, stop, device=v.device), c)
-        local = torch.arange(int(c.sum()), device=v.device) - torch.repeat_interleave(ends[start:stop] - c - base, c)
+        t = torch.repeat_interleave(torch.arange(start, stop, device=tri.device), c)
+        local = torch.arange(int(c.sum()), device=tri.device) - torch.repeat_interleave(ends[start:stop] - c - base, c)
         cx = x0[t] + local % nx[t]; cy = y0[t] + local // nx[t]
         a, b, cc = tri[t, 0], tri[t, 1], tri[t, 2]
         px, py = cx.double(), cy.double()
@@ -394,6 +386,31 @@ def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
         k = torch.ceil(z).clamp(0, D).long()                              # voxels 0..k-1 lie below the hit
         hist.index_put_((col, k), torch.ones_like(k, dtype=torch.int32), accumulate=True)
         start = stop
+    return hist
+
+# %% ../nbs/03_data.ipynb #28aae601
+def voxelize_mesh(vertices,                 # (V, 3) array/tensor, mm, (x, y, z)
+                  faces,                    # (F, 3) integer vertex indices of a closed mesh
+                  shape: Sequence[int],     # (D, H, W) grid size, array order
+                  spacing: Sequence[float] | float = 1.0,  # voxel size (x, y, z) mm
+                  origin: Sequence[float] = (0.0, 0.0, 0.0),  # centre of voxel [0, 0, 0] (x, y, z) mm
+                  jitter: float = 1e-6,     # ray offset in voxels, against rays through edges and vertices
+                  max_pairs: int = 2**20,   # bound on (triangle, column) pairs evaluated at once (memory)
+                 ) -> torch.Tensor:         # (D, H, W) bool, on the device of `vertices`
+    "Inside mask of a closed triangle mesh on a voxel grid, by ray parity along z."
+    v, f = _mesh_tensors(vertices, faces)
+    if len(shape) != 3: raise InputError(f"shape must be (D, H, W), got {tuple(shape)}")
+    D, H, W = (int(s) for s in shape)
+    n_open = _open_edges(f)
+    if n_open:
+        warnings.warn(f"voxelize_mesh: the mesh is not closed ({n_open} edges are not shared by exactly two "
+                      f"faces); ray parity may leak", stacklevel=2)
+    sp, org = _grid_geometry(spacing, origin)
+    sp, org = torch.as_tensor(sp, device=v.device), torch.as_tensor(org, device=v.device)
+    p = (v - org) / sp                                                   # continuous voxel indices (x, y, z)
+    p[:, 0] -= jitter * 0.7548776662466927                               # shift the mesh = shift the rays
+    p[:, 1] -= jitter * 0.5698402909980532
+    hist = _ray_hits(p[f], D, H, W, max_pairs)                            # triangles (F, 3 corners, 3 coords)
     count = hist.flip(-1).cumsum(-1, dtype=torch.int32).flip(-1)[:, 1:]   # hits strictly above each voxel centre
     return (count % 2 == 1).T.reshape(D, H, W)
 
@@ -412,75 +429,88 @@ def _check_images(x, name="images", allow_constant=False):
             raise InputError(f"{name}: image {i} is constant (every value is {float(flat[i, 0])}), so its std is 0; "
                              f"drop it or check how it was read")
 
+# %% ../nbs/03_data.ipynb #c9c7e400
 class Whitener:
     "Standardise images to zero mean, unit variance: one global mean/std learned by `fit`, or per image."
     def __init__(self, per_image: bool = False):  # standardise each image by its own mean/std
         self.per_image = per_image
 
-    def fit(self, images: torch.Tensor):  # (n, C, *spatial)
-        "Learn the global mean and std (float64) of `images`; checks every image, and that the set varies."
-        images = torch.as_tensor(images)
-        _check_images(images, allow_constant=not self.per_image)
-        x = images.double()
-        self.mean_, self.std_ = x.mean(), x.std(correction=0)
-        if not self.std_ > 0:
-            raise InputError(f"images: every value of all {len(x)} images is {float(x.flatten()[0])}, so the set's std is 0 "
-                             f"and whitening would divide by zero; check that the files were read correctly (blank "
-                             f"images?) and give images with some contrast")
-        return self
-
-    def _stats(self, x):
-        dims = tuple(range(1, x.ndim))
-        return x.mean(dims, keepdim=True), x.std(dims, keepdim=True, correction=0)
-
-    def transform(self, images: torch.Tensor,   # (n, C, *spatial)
-                  return_stats: bool = False,    # also return the (mean, std) used, float64
-                 ):
-        "Standardise `images` (same dtype)."
-        images = torch.as_tensor(images)
-        _check_images(images, allow_constant=not self.per_image)
-        x = images.double()
-        if self.per_image: mean, std = self._stats(x)
-        else:
-            if not hasattr(self, "mean_"): raise InputError("Whitener is not fitted: call fit(images) first")
-            mean, std = self.mean_.to(x.device), self.std_.to(x.device)
-        out = ((x - mean) / std).to(images.dtype)
-        return (out, (mean, std)) if return_stats else out
-
-    def fit_transform(self, images, return_stats=False):
-        "`fit` then `transform`."
-        return self.fit(images).transform(images, return_stats)
-
-    def inverse_transform(self, z: torch.Tensor,  # standardised images
-                          stats=None,              # (mean, std) from `transform(..., return_stats=True)`; needed per image
-                         ) -> torch.Tensor:
-        "Undo `transform`."
-        if stats is None:
-            if self.per_image:
-                raise InputError("per-image whitening: pass stats=(mean, std) from transform(..., return_stats=True)")
-            if not hasattr(self, "mean_"): raise InputError("Whitener is not fitted: call fit(images) first")
-            stats = (self.mean_, self.std_)
-        mean, std = (torch.as_tensor(s, dtype=torch.float64, device=z.device) for s in stats)
-        return (z.double() * std + mean).to(z.dtype)
-
-    def state_dict(self) -> dict:
-        "Plain state for checkpoints (loads with `torch.load(..., weights_only=True)`)."
-        sd = {"per_image": bool(self.per_image)}
-        if hasattr(self, "mean_"): sd.update(mean=self.mean_.detach().cpu(), std=self.std_.detach().cpu())
-        return sd
-
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> "Whitener":
-        "Rebuild a `Whitener` from `state_dict()`."
-        w = cls(per_image=bool(sd["per_image"]))
-        if "mean" in sd:
-            w.mean_ = torch.as_tensor(sd["mean"], dtype=torch.float64)
-            w.std_ = torch.as_tensor(sd["std"], dtype=torch.float64)
-        return w
-
     def __repr__(self):
         fitted = f", mean_={float(self.mean_):.4g}, std_={float(self.std_):.4g}" if hasattr(self, "mean_") else ""
         return f"Whitener(per_image={self.per_image}{fitted})"
+
+# %% ../nbs/03_data.ipynb #ab79a9c2
+@patch
+def fit(self: Whitener, images: torch.Tensor):  # (n, C, *spatial)
+    "Learn the global mean and std (float64) of `images`; checks every image, and that the set varies."
+    images = torch.as_tensor(images)
+    _check_images(images, allow_constant=not self.per_image)
+    x = images.double()
+    self.mean_, self.std_ = x.mean(), x.std(correction=0)
+    if not self.std_ > 0:
+        raise InputError(f"images: every value of all {len(x)} images is {float(x.flatten()[0])}, so the set's "
+                         f"std is 0 and whitening would divide by zero; check that the files were read correctly "
+                         f"(blank images?) and give images with some contrast")
+    return self
+
+# %% ../nbs/03_data.ipynb #3a28bf47
+@patch
+def _stats(self: Whitener, x):
+    dims = tuple(range(1, x.ndim))
+    return x.mean(dims, keepdim=True), x.std(dims, keepdim=True, correction=0)
+
+@patch
+def transform(self: Whitener, images: torch.Tensor,   # (n, C, *spatial)
+              return_stats: bool = False,    # also return the (mean, std) used, float64
+             ):
+    "Standardise `images` (same dtype)."
+    images = torch.as_tensor(images)
+    _check_images(images, allow_constant=not self.per_image)
+    x = images.double()
+    if self.per_image: mean, std = self._stats(x)
+    else:
+        if not hasattr(self, "mean_"): raise InputError("Whitener is not fitted: call fit(images) first")
+        mean, std = self.mean_.to(x.device), self.std_.to(x.device)
+    out = ((x - mean) / std).to(images.dtype)
+    return (out, (mean, std)) if return_stats else out
+
+# %% ../nbs/03_data.ipynb #8261c6e5
+@patch
+def fit_transform(self: Whitener, images, return_stats=False):
+    "`fit` then `transform`."
+    return self.fit(images).transform(images, return_stats)
+
+# %% ../nbs/03_data.ipynb #1e8aa259
+@patch
+def inverse_transform(self: Whitener, z: torch.Tensor,  # standardised images
+                      stats=None,              # (mean, std) from `transform(..., return_stats=True)` (per image)
+                     ) -> torch.Tensor:
+    "Undo `transform`."
+    if stats is None:
+        if self.per_image:
+            raise InputError("per-image whitening: pass stats=(mean, std) from transform(..., return_stats=True)")
+        if not hasattr(self, "mean_"): raise InputError("Whitener is not fitted: call fit(images) first")
+        stats = (self.mean_, self.std_)
+    mean, std = (torch.as_tensor(s, dtype=torch.float64, device=z.device) for s in stats)
+    return (z.double() * std + mean).to(z.dtype)
+
+# %% ../nbs/03_data.ipynb #e12cb1ef
+@patch
+def state_dict(self: Whitener) -> dict:
+    "Plain state for checkpoints (loads with `torch.load(..., weights_only=True)`)."
+    sd = {"per_image": bool(self.per_image)}
+    if hasattr(self, "mean_"): sd.update(mean=self.mean_.detach().cpu(), std=self.std_.detach().cpu())
+    return sd
+
+def _whitener_from_state_dict(cls, sd: dict) -> Whitener:
+    "Rebuild a `Whitener` from `state_dict()`."
+    w = cls(per_image=bool(sd["per_image"]))
+    if "mean" in sd:
+        w.mean_ = torch.as_tensor(sd["mean"], dtype=torch.float64)
+        w.std_ = torch.as_tensor(sd["std"], dtype=torch.float64)
+    return w
+
+Whitener.from_state_dict = classmethod(_whitener_from_state_dict)
 
 # %% ../nbs/03_data.ipynb #9d73c09f
 def all_pairs(n: int,               # number of items
@@ -507,11 +537,12 @@ def random_pairs(n: int,            # number of items (>= 2)
     if not ordered: p = p.sort(1).values
     return p.to(device) if device is not None else p
 
+# %% ../nbs/03_data.ipynb #027181d4
 class PairSampler:
     "Pairs of item indices, epoch by epoch: all pairs (shuffled) for small sets, random pairs for large ones."
     def __init__(self, n: int,                    # number of items (>= 2)
                  max_all: int = 64,               # use all pairs when n <= max_all
-                 pairs_per_epoch: int | None = None,  # pairs per epoch for large sets (default: as many as all pairs of max_all)
+                 pairs_per_epoch: int | None = None,  # pairs per epoch for large sets (default: all pairs of max_all)
                  ordered: bool = True,            # ordered pairs (i, j) and (j, i)
                  shuffle: bool = True,            # shuffle the all-pairs order every epoch
                  random_state: int = 0,           # seed; epoch e always gives the same pairs
@@ -558,7 +589,8 @@ def split_indices(n: int,                                  # number of items
     "Random, deterministic split of `range(n)` into disjoint train/val/test index arrays covering all items."
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1) > 1e-6:
-        raise InputError(f"fractions must be 3 non-negative numbers summing to 1 (train, val, test), got {tuple(fractions)}")
+        raise InputError(f"fractions must be 3 non-negative numbers summing to 1 (train, val, test), "
+                         f"got {tuple(fractions)}")
     if n < 0: raise InputError(f"n must be >= 0, got {n}")
     raw = fr * n
     k = np.floor(raw).astype(int)
@@ -576,10 +608,12 @@ def _landmark_tensor(landmarks, n, d=None, name="landmarks", check_range=True):
     "List (None allowed) or (n, K, d) array -> ((n, K, d) float tensor with NaN rows for None, labelled (n,) bool)."
     if isinstance(landmarks, (np.ndarray, torch.Tensor)):
         if landmarks.ndim != 3:
-            raise InputError(f"{name}: expected shape (n, K, d) or a list of (K, d) arrays, got {tuple(landmarks.shape)}")
+            raise InputError(f"{name}: expected shape (n, K, d) or a list of (K, d) arrays, "
+                             f"got {tuple(landmarks.shape)}")
         landmarks = list(landmarks)
     if n is not None and len(landmarks) != n:
-        raise InputError(f"{name}: got {len(landmarks)} entries for {n} images; give one (K, d) array (or None) per image")
+        raise InputError(f"{name}: got {len(landmarks)} entries for {n} images; "
+                         f"give one (K, d) array (or None) per image")
     ref = next((i for i, l in enumerate(landmarks) if l is not None), None)
     if ref is None: raise InputError(f"{name}: every entry is None; pass landmarks=None for an unlabelled set")
     items = [None if l is None else _tensor(l) for l in landmarks]
@@ -593,10 +627,11 @@ def _landmark_tensor(landmarks, n, d=None, name="landmarks", check_range=True):
         if l.shape != (K, dd):
             raise InputError(f"{name}[{i}]: has {l.shape[0]} points of dimension {l.shape[1]} but {name}[{ref}] has "
                              f"{K} of dimension {dd}; every item needs the same K landmarks in the same order")
-        if not torch.isfinite(l).all(): raise InputError(f"{name}[{i}]: contains NaN or Inf; use None for an unlabelled item")
+        if not torch.isfinite(l).all():
+            raise InputError(f"{name}[{i}]: contains NaN or Inf; use None for an unlabelled item")
         if check_range and l.abs().max() > 1.5:
-            raise InputError(f"{name}[{i}]: coordinates up to {float(l.abs().max()):.4g} lie far outside the normalised "
-                             f"[-1, 1] frame; convert pixel indices with shape_nb.core.index_to_norm")
+            raise InputError(f"{name}[{i}]: coordinates up to {float(l.abs().max()):.4g} lie far outside the "
+                             f"normalised [-1, 1] frame; convert pixel indices with shape_nb.core.index_to_norm")
     if dd not in (2, 3): raise InputError(f"{name}: points must have 2 or 3 coordinates, got {dd}")
     labelled = torch.tensor([l is not None for l in items])
     out = torch.stack([torch.full((K, dd), float("nan"), dtype=dtype) if l is None else l.to(dtype) for l in items])
@@ -608,6 +643,7 @@ def _names(names, n, name="names"):
     if len(names) != n: raise InputError(f"{name}: got {len(names)} names for {n} items")
     return names
 
+# %% ../nbs/03_data.ipynb #95c8f71a
 class ImageSet(Dataset):
     "Images `(n, C, *spatial)` with optional normalised landmarks, spacing and names; items are dicts."
     def __init__(self, images,                # (n, C, H, W) / (n, C, D, H, W) tensor, or a list of (C, *spatial)
@@ -652,22 +688,26 @@ class ImageSet(Dataset):
         if self.spacing is not None: item["spacing"] = self.spacing[i]
         return item
 
-    def subset(self, idx) -> "ImageSet":  # indices, e.g. from `split_indices`
-        "A new `ImageSet` with the items `idx` (e.g. one part of a split)."
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        lms = None
-        if self.landmarks is not None:
-            lms = [self.landmarks[i] if self.labelled[i] else None for i in idx.tolist()]
-            if all(l is None for l in lms): lms = None
-        return ImageSet(self.images[idx], lms, None if self.spacing is None else self.spacing[idx],
-                        [self.names[i] for i in idx.tolist()], check_range=False)
-
     def __repr__(self):
-        lm = "" if self.landmarks is None else f", landmarks {tuple(self.landmarks.shape)} ({int(self.labelled.sum())} labelled)"
+        lm = ("" if self.landmarks is None
+              else f", landmarks {tuple(self.landmarks.shape)} ({int(self.labelled.sum())} labelled)")
         return f"ImageSet({len(self)} images {tuple(self.images.shape[1:])}{lm})"
 
+# %% ../nbs/03_data.ipynb #6c2a4a74
+@patch
+def subset(self: ImageSet, idx) -> ImageSet:  # indices, e.g. from `split_indices`
+    "A new `ImageSet` with the items `idx` (e.g. one part of a split)."
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    lms = None
+    if self.landmarks is not None:
+        lms = [self.landmarks[i] if self.labelled[i] else None for i in idx.tolist()]
+        if all(l is None for l in lms): lms = None
+    return ImageSet(self.images[idx], lms, None if self.spacing is None else self.spacing[idx],
+                    [self.names[i] for i in idx.tolist()], check_range=False)
+
+# %% ../nbs/03_data.ipynb #4990ea67
 class LandmarkSet(Dataset):
-    "Landmark configurations `(n, K, d)` (normalised or physical units) with names and optional groups; items are dicts."
+    "Landmark configurations `(n, K, d)` (normalised or physical units) with names and groups; items are dicts."
     def __init__(self, landmarks,              # (n, K, d) or a list of (K, d) arrays
                  names: Sequence[str] | None = None,
                  groups=None,                  # one label per item (e.g. diagnosis)
@@ -689,7 +729,8 @@ class LandmarkSet(Dataset):
     def __getitem__(self, i: int) -> dict:
         i = int(i)
         item = dict(landmarks=self.landmarks[i], index=i, name=self.names[i])
-        if self.groups is not None: item["group"] = self.groups[i].item() if hasattr(self.groups[i], "item") else self.groups[i]
+        if self.groups is not None:
+            item["group"] = self.groups[i].item() if hasattr(self.groups[i], "item") else self.groups[i]
         return item
 
     def __repr__(self):

@@ -28,7 +28,7 @@ def _plain_param(v) -> bool:
     return isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
 
 def _restore_params(cls, saved: dict) -> dict:
-    "Constructor parameters from a checkpoint: unknown names dropped, lists turned back into tuples where the default is one."
+    "Constructor parameters from a checkpoint: unknown names dropped, lists back to tuples where the default is one."
     sig = inspect.signature(cls.__init__).parameters
     out = {}
     for k, v in (saved or {}).items():
@@ -52,7 +52,7 @@ class Estimator(BaseEstimator):
         raise NotImplementedError
 
     def _set_state(self, state: dict, weights: dict | None, device: torch.device):
-        "Rebuild the learned attributes (and `model_`, on `device`) from `_get_state`'s dict and the weights (subclasses)."
+        "Rebuild the learned attributes (and `model_`, on `device`) from `_get_state`'s dict and the weights."
         raise NotImplementedError
 
     def fit_predict(self, images, *args, **kwargs):
@@ -94,19 +94,21 @@ def prepare_out(out,                     # the output folder
                 overwrite: bool = False, # allow a folder that already holds files
                 resume: bool = False,    # continue the interrupted run whose state is in `out`
                ) -> Path:
-    "Create the output folder; refuse to reuse a non-empty one unless `overwrite` (or `resume` an interrupted run there)."
+    "Create the output folder; refuse a non-empty one unless `overwrite` (or `resume` an interrupted run there)."
     out = Path(out)
     if out.exists() and not out.is_dir(): raise InputError(f"--out {out} exists and is not a folder")
     if resume:
         if not (out / STATE_DIR).is_dir() or not any((out / STATE_DIR).iterdir()):
-            raise InputError(f"--resume: {out} holds no training state to continue from (a run keeps {STATE_DIR}/ in --out "
+            raise InputError(f"--resume: {out} holds no training state to continue from (a run keeps {STATE_DIR}/ "
+                             f"in --out "
                              f"while it trains and removes it when it finishes); run without --resume")
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"--out {out} already holds results; choose another folder or pass --overwrite")
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e:   # read-only place, a file in the way, no permission
-        raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose a writable location") from e
+        raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e}); "
+                         "choose a writable location") from e
     return out
 
 def run_options(out,                     # the output folder of the run

@@ -20,13 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import index_to_norm
-
-__all__ = ['shared_data_dir', 'Image', 'IMAGE_EXTENSIONS', 'read_image', 'write_image', 'natural_key', 'resize_image',
-           'read_images', 'stack_images', 'read_labelme', 'write_labelme', 'read_pts', 'write_pts', 'TpsSpecimen',
-           'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv', 'read_particles', 'write_particles',
-           'LANDMARK_EXTENSIONS', 'check_landmarks', 'read_landmark_folder']
-from .core import InputError, MissingFileError
+from .core import InputError, MissingFileError, index_to_norm, to_numpy
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'LANDMARK_EXTENSIONS', 'shared_data_dir', 'Image', 'read_image', 'write_image', 'natural_key',
@@ -44,7 +38,7 @@ def _repo_root() -> Path | None:
         return None
 
 def shared_data_dir() -> Path | None:
-    "The real-data folder: `$SHAPE_NB_DATA` if set, else `../shared/data` from the current dir or the repo root; None if absent."
+    "The real-data folder: `$SHAPE_NB_DATA` if set, else `../shared/data` from the current dir or the repo root."
     env = os.environ.get("SHAPE_NB_DATA")
     if env:   # an explicit setting wins, even when it points nowhere
         p = Path(env).expanduser()
@@ -212,7 +206,8 @@ def _read_meta(p: Path):
                          f"DimSize {dims} x {ch} channel(s) of {et}; the file is truncated")
     a = np.frombuffer(data, dtype=dtype, count=n).reshape(dims[::-1] + ([ch] if ch > 1 else []))
     if ch > 1:
-        if ch not in (3, 4): raise InputError(f"{p}: {ch} channels per pixel; only 1, 3 (RGB) or 4 (RGBA) are supported")
+        if ch not in (3, 4):
+            raise InputError(f"{p}: {ch} channels per pixel; only 1, 3 (RGB) or 4 (RGBA) are supported")
         a = a.astype(np.float32)[..., :3] @ _LUMA
     spacing = get("elementspacing", "elementsize")
     origin = get("offset", "origin", "position")
@@ -242,7 +237,8 @@ def read_image(path: str | os.PathLike,  # .png .jpg .jpeg .bmp .tif .tiff .nii 
     if a.ndim not in (2, 3):
         raise InputError(f"{p}: image has shape {a.shape}; expected a 2D (H, W) or 3D (D, H, W) grey image")
     if len(spacing) != a.ndim or len(origin) != a.ndim:
-        raise InputError(f"{p}: header gives {len(spacing)} spacings and {len(origin)} origin values for a {a.ndim}D image")
+        raise InputError(f"{p}: header gives {len(spacing)} spacings and {len(origin)} origin values "
+                         f"for a {a.ndim}D image")
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"{p}: header spacing {tuple(spacing)} is not positive and finite; fix the header")
     return Image(a, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), str(p))
@@ -253,7 +249,8 @@ def _png_array(a: np.ndarray, bits: int | None) -> np.ndarray:
     if bits not in (None, 8, 16): raise InputError(f"bits must be None, 8 or 16, got {bits}")
     if a.dtype == bool: a = a.astype(np.uint8)
     if a.dtype.kind not in "iuf": raise InputError(f"cannot write a {a.dtype} array as PNG")
-    if not np.isfinite(a).all(): raise InputError("array has NaN/Inf values, which PNG cannot store; use .npy/.nii.gz/.nrrd/.mha")
+    if not np.isfinite(a).all():
+        raise InputError("array has NaN/Inf values, which PNG cannot store; use .npy/.nii.gz/.nrrd/.mha")
     lo, hi = float(a.min()), float(a.max())
     if a.dtype.kind == "f" and lo >= 0 and hi <= 1:
         b = bits or 8
@@ -265,6 +262,7 @@ def _png_array(a: np.ndarray, bits: int | None) -> np.ndarray:
     scale = (2 ** b - 1) / (hi - lo) if hi > lo else 0.0
     return np.round((a - lo) * scale).astype(np.uint8 if b == 8 else np.uint16)
 
+# %% ../nbs/02_io.ipynb #ee062362
 def _file_dtype(a: np.ndarray) -> np.ndarray:
     "Values as a dtype every volume format stores: bool -> uint8, float16 -> float32, others unchanged."
     if a.dtype == bool: return a.astype(np.uint8)
@@ -290,6 +288,43 @@ def _write_meta(p: Path, a: np.ndarray, spacing, origin, compress: bool):
         df.write_bytes(data)
         p.write_text("\n".join(lines + [f"ElementDataFile = {df.name}"]) + "\n")
 
+# %% ../nbs/02_io.ipynb #6de247ab
+def _write_png(p: Path, a, sp, org, compress, bits):
+    if a.ndim != 2:
+        raise InputError(f"{p}: PNG holds 2D images only, got shape {a.shape}; use .tif or .nii.gz for volumes")
+    from PIL import Image as PILImage
+    PILImage.fromarray(_png_array(a, bits)).save(p)
+
+def _write_tif(p: Path, a, sp, org, compress, bits):
+    from PIL import Image as PILImage
+    a = a.astype(np.float32) if a.dtype not in (np.uint8, np.uint16) else a
+    pages = [PILImage.fromarray(s) for s in (a if a.ndim == 3 else a[None])]
+    pages[0].save(p, save_all=True, append_images=pages[1:])
+
+def _write_nifti(p: Path, a, sp, org, compress, bits):
+    import nibabel as nib
+    nd = a.ndim
+    aff = np.eye(4)
+    aff[range(nd), range(nd)] = sp
+    aff[:nd, 3] = org
+    a = _file_dtype(a)
+    img = nib.Nifti1Image(a.T, aff, dtype=a.dtype)   # nibabel indexes (x, y, z)
+    img.header.set_zooms(sp)
+    nib.save(img, str(p))
+
+def _write_nrrd(p: Path, a, sp, org, compress, bits):
+    import nrrd
+    nd = a.ndim
+    hdr = {"space dimension": nd, "space directions": np.diag(sp), "space origin": np.asarray(org),
+           "kinds": ["domain"] * nd, "encoding": "gzip" if compress else "raw"}
+    nrrd.write(str(p), _file_dtype(a), hdr, index_order="C")
+
+# writers by extension, then by format family (all take: path, array, spacing, origin, compress, bits)
+_WRITERS = {".npy": lambda p, a, *_: np.save(p, a), ".png": _write_png, ".tif": _write_tif, ".tiff": _write_tif,
+            "NIfTI": _write_nifti, "NRRD": _write_nrrd,
+            "MetaImage": lambda p, a, sp, org, compress, bits: _write_meta(p, _file_dtype(a), sp, org, compress)}
+
+# %% ../nbs/02_io.ipynb #e1c7f680
 def write_image(path: str | os.PathLike,  # .npy .png .tif .tiff .nii .nii.gz .nrrd .nhdr .mha or .mhd
                 array,                    # (H, W) or (D, H, W) numpy array or tensor, array order
                 spacing=None,             # pixel size in (x, y[, z]) order; None -> 1
@@ -315,35 +350,10 @@ def write_image(path: str | os.PathLike,  # .npy .png .tif .tiff .nii .nii.gz .n
     if kind in ("Pillow", "npy") and (any(s != 1 for s in sp) or any(o != 0 for o in org)):
         raise InputError(f"{p}: {e} files cannot store spacing {sp} / origin {org}; write .nii.gz, .nrrd or .mha "
                          f"to keep them, or pass spacing=None, origin=None")
-    if e == ".npy":
-        np.save(p, a)
-    elif e == ".png":
-        if nd != 2: raise InputError(f"{p}: PNG holds 2D images only, got shape {a.shape}; use .tif or .nii.gz for volumes")
-        from PIL import Image as PILImage
-        PILImage.fromarray(_png_array(a, bits)).save(p)
-    elif e in (".tif", ".tiff"):
-        from PIL import Image as PILImage
-        a = a.astype(np.float32) if a.dtype not in (np.uint8, np.uint16) else a
-        pages = [PILImage.fromarray(s) for s in (a if nd == 3 else a[None])]
-        pages[0].save(p, save_all=True, append_images=pages[1:])
-    elif kind == "Pillow":
+    writer = _WRITERS.get(e) or _WRITERS.get(kind)
+    if writer is None:
         raise InputError(f"{p}: writing {e} is not supported (lossy or limited); use .png or .tif")
-    elif kind == "NIfTI":
-        import nibabel as nib
-        aff = np.eye(4)
-        aff[range(nd), range(nd)] = sp
-        aff[:nd, 3] = org
-        a = _file_dtype(a)
-        img = nib.Nifti1Image(a.T, aff, dtype=a.dtype)   # nibabel indexes (x, y, z)
-        img.header.set_zooms(sp)
-        nib.save(img, str(p))
-    elif kind == "NRRD":
-        import nrrd
-        hdr = {"space dimension": nd, "space directions": np.diag(sp), "space origin": np.asarray(org),
-               "kinds": ["domain"] * nd, "encoding": "gzip" if compress else "raw"}
-        nrrd.write(str(p), _file_dtype(a), hdr, index_order="C")
-    else:
-        _write_meta(p, _file_dtype(a), sp, org, compress)
+    writer(p, a, sp, org, compress, bits)
     return p
 
 # %% ../nbs/02_io.ipynb #a344365e
@@ -360,9 +370,9 @@ def _resolve(source, table: dict, what: str) -> list[Path]:
             files = [f for f in found if _ext(f) in table]
             if not files:
                 other = sorted((f.name for f in found), key=natural_key)
-                raise MissingFileError(f"no {what} files ({' '.join(table)}) in folder {p}: "
-                                        + (f"it holds {len(other)} other file(s), e.g. {other[:3]}" if other else "it is empty")
-                                        + f"; pass a folder of {what} files, a glob pattern or a list of paths")
+                held = f"it holds {len(other)} other file(s), e.g. {other[:3]}" if other else "it is empty"
+                raise MissingFileError(f"no {what} files ({' '.join(table)}) in folder {p}: {held}; "
+                                       f"pass a folder of {what} files, a glob pattern or a list of paths")
         elif any(c in s for c in "*?["):
             files = [Path(f) for f in glob.glob(os.path.expanduser(s), recursive=True) if Path(f).is_file()]
             if not files:
@@ -474,7 +484,7 @@ def file_stem(path) -> str:
 # %% ../nbs/02_io.ipynb #cdde7489
 def read_labelme(path: str | os.PathLike,            # LabelMe .json file
                  labels: Sequence[str] | None = None,  # return these labels in this order (each must occur once)
-                 pixel_centers: bool = True,            # subtract 0.5: pixel-centre indices instead of LabelMe's corner origin
+                 pixel_centers: bool = True,            # subtract 0.5 (pixel-centre indices, not LabelMe's corners)
                 ) -> tuple[np.ndarray, list[str]]:     # (K, 2) float64 (x, y), and the K labels
     "Read the point shapes of a LabelMe JSON file as (x, y) pixel indices and their labels."
     p = Path(path)
@@ -500,7 +510,8 @@ def read_labelme(path: str | os.PathLike,            # LabelMe .json file
     if missing or dups:
         msg = ([f"missing label(s) {', '.join(map(repr, missing))}"] if missing else []) + (
                [f"duplicate label(s) {', '.join(dups)}"] if dups else [])
-        raise InputError(f"{p}: {'; '.join(msg)} among its {len(names)} points; fix the annotation or leave the file out")
+        raise InputError(f"{p}: {'; '.join(msg)} among its {len(names)} points; "
+                         f"fix the annotation or leave the file out")
     return P[[names.index(l) for l in labels]], labels
 
 def write_labelme(path: str | os.PathLike,      # destination .json
@@ -511,7 +522,7 @@ def write_labelme(path: str | os.PathLike,      # destination .json
                   pixel_centers: bool = True,   # add 0.5 to convert pixel-centre indices to LabelMe's corner origin
                  ) -> Path:
     "Write (x, y) points as LabelMe point shapes."
-    P = np.asarray(points, dtype=np.float64).reshape(-1, 2) + (0.5 if pixel_centers else 0.0)
+    P = to_numpy(points).reshape(-1, 2) + (0.5 if pixel_centers else 0.0)
     labels = [str(i + 1) for i in range(len(P))] if labels is None else [str(l) for l in labels]
     if len(labels) != len(P): raise InputError(f"{len(P)} points but {len(labels)} labels")
     d = {"version": "5.0.1", "flags": {}, "shapes": [
@@ -535,7 +546,9 @@ def read_pts(path: str | os.PathLike,  # .pts file
         if lines[i] and ":" in lines[i]:
             k, v = lines[i].split(":", 1); hdr[k.strip().lower()] = v.strip()
         i += 1
-    if i == len(lines): raise InputError(f"{p}: no '{{' line opening the points; expected 'version: 1', 'n_points: N', '{{', N lines 'x y', '}}'")
+    if i == len(lines):
+        raise InputError(f"{p}: no '{{' line opening the points; "
+                         f"expected 'version: 1', 'n_points: N', '{{', N lines 'x y', '}}'")
     rows = []
     for j, l in enumerate(lines[i + 1:], i + 2):
         if l == "}": break
@@ -554,7 +567,7 @@ def write_pts(path: str | os.PathLike,  # destination .pts
               points,                   # (N, 2) or (N, 3) coordinates
              ) -> Path:
     "Write landmarks as an IBUG/Cootes `.pts` file."
-    P = np.asarray(points, dtype=np.float64)
+    P = to_numpy(points)
     if P.ndim != 2 or P.shape[1] not in (2, 3): raise InputError(f"points: expected (N, 2) or (N, 3), got {P.shape}")
     body = "\n".join(" ".join(repr(float(v)) for v in r) for r in P)
     p = Path(path); p.write_text(f"version: 1\nn_points: {len(P)}\n{{\n{body}\n}}\n")
@@ -601,7 +614,8 @@ def read_tps(path: str | os.PathLike,  # .tps file with one or more specimens
             for _ in range(int(val)):
                 while i < len(lines) and not lines[i].strip(): i += 1
                 k2, _, v2 = lines[i].partition("=") if i < len(lines) else ("", "", "")
-                if k2.strip().upper() != "POINTS": raise InputError(f"{p}: line {i + 1}: expected POINTS= inside CURVES")
+                if k2.strip().upper() != "POINTS":
+                    raise InputError(f"{p}: line {i + 1}: expected POINTS= inside CURVES")
                 i += 1; numbers(int(v2), 2, "a curve")
         elif key == "IMAGE": cur["image"] = val
         elif key == "ID": cur["id"] = val
@@ -610,6 +624,7 @@ def read_tps(path: str | os.PathLike,  # .tps file with one or more specimens
     out.append(TpsSpecimen(**cur))
     return out
 
+# %% ../nbs/02_io.ipynb #05d53b6c
 def write_tps(path: str | os.PathLike,               # destination .tps
               points,                                # (n, K, 2|3) array or a list of (K_i, 2|3) arrays
               images: Sequence[str] | None = None,   # IMAGE= per specimen
@@ -617,10 +632,11 @@ def write_tps(path: str | os.PathLike,               # destination .tps
               scale: float | Sequence[float] | None = None,  # SCALE=, one for all or one per specimen
              ) -> Path:
     "Write specimens to a morphometrics `.tps` file."
-    specs = [np.asarray(P, dtype=np.float64) for P in points]
+    specs = [to_numpy(P) for P in points]
     blocks = []
     for j, P in enumerate(specs):
-        if P.ndim != 2 or P.shape[1] not in (2, 3): raise InputError(f"specimen {j}: expected (K, 2) or (K, 3), got {P.shape}")
+        if P.ndim != 2 or P.shape[1] not in (2, 3):
+            raise InputError(f"specimen {j}: expected (K, 2) or (K, 3), got {P.shape}")
         b = [f"LM{'3' if P.shape[1] == 3 else ''}={len(P)}"] + [" ".join(repr(float(v)) for v in r) for r in P]
         if images is not None: b.append(f"IMAGE={images[j]}")
         b.append(f"ID={ids[j] if ids is not None else j}")
@@ -634,39 +650,40 @@ def _num(p, r, c, v):
     try: return float(v)
     except ValueError: raise InputError(f"{p}: row {r}, column {c!r}: {v!r} is not a number") from None
 
-def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landmark or one row per image
-                      ) -> tuple[list[str], np.ndarray]:  # image names, (n, K, d) float64 points
-    "Read landmarks of several images from a CSV file (layout detected from the header)."
-    p = Path(path)
-    if not p.is_file(): raise MissingFileError(f"CSV file not found: {p}")
-    with open(p, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows: raise InputError(f"{p}: empty CSV file")
-    head, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if any(v.strip() for v in r)]
-    low = [h.lower() for h in head]
-    if "k" in low:    # one row per landmark
-        ax = [a for a in "xyz" if f"{a}_index" in low] or [a for a in "xyz" if a in low]
-        cols = [low.index(f"{a}_index") if f"{a}_index" in low else low.index(a) for a in ax]
-        if len(cols) not in (2, 3): raise InputError(f"{p}: needs columns x_index, y_index[, z_index] (or x, y[, z]), has {head}")
-        ic = next((low.index(c) for c in ("image", "name", "file", "id") if c in low), 0)
-        per = {}
-        for r, row in enumerate(rows, 2):
-            k = int(_num(p, r, "k", row[low.index("k")]))
-            per.setdefault(row[ic], {})
-            if k in per[row[ic]]: raise InputError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice; remove the duplicate row")
-            per[row[ic]][k] = [_num(p, r, head[c], row[c]) for c in cols]
-        counts = {}
-        for name, d in per.items(): counts.setdefault(len(d), []).append(name)
-        if len(counts) > 1:
-            raise InputError(f"{p}: images have different numbers of landmarks: {_describe(counts, ' landmarks', 'image')}; every "
-                             f"image needs the same landmarks k = 0..K-1: add the missing rows or remove the image's rows")
-        names = list(per)
-        return names, np.asarray([[per[n][k] for k in sorted(per[n])] for n in names], dtype=np.float64).reshape(len(names), -1, len(cols))
+def _csv_long(p: Path, head: list, low: list, rows: list):
+    "One row per landmark (image, k, x_index, y_index[, z_index]) -> (image names, (n, K, d) float64)."
+    ax = [a for a in "xyz" if f"{a}_index" in low] or [a for a in "xyz" if a in low]
+    cols = [low.index(f"{a}_index") if f"{a}_index" in low else low.index(a) for a in ax]
+    if len(cols) not in (2, 3):
+        raise InputError(f"{p}: needs columns x_index, y_index[, z_index] (or x, y[, z]), has {head}")
+    ic = next((low.index(c) for c in ("image", "name", "file", "id") if c in low), 0)
+    per = {}
+    for r, row in enumerate(rows, 2):
+        k = int(_num(p, r, "k", row[low.index("k")]))
+        per.setdefault(row[ic], {})
+        if k in per[row[ic]]:
+            raise InputError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice; "
+                             f"remove the duplicate row")
+        per[row[ic]][k] = [_num(p, r, head[c], row[c]) for c in cols]
+    counts = {}
+    for name, d in per.items(): counts.setdefault(len(d), []).append(name)
+    if len(counts) > 1:
+        raise InputError(f"{p}: images have different numbers of landmarks: "
+                         f"{_describe(counts, ' landmarks', 'image')}; every image needs the same landmarks "
+                         f"k = 0..K-1: add the missing rows or remove the image's rows")
+    names = list(per)
+    pts = [[per[n][k] for k in sorted(per[n])] for n in names]
+    return names, np.asarray(pts, dtype=np.float64).reshape(len(names), -1, len(cols))
+
+def _csv_wide(p: Path, head: list, rows: list):
+    "One row per image (name, x0, y0, x1, y1, ... or l1_x, l1_y, ...) -> (image names, (n, K, d) float64)."
     lm = {}   # landmark key -> {axis: column}: "x3"/"x_3" -> key 3, "nasion_x" -> key "nasion"
     for c, h in enumerate(head):
         if m := re.fullmatch(r"([xyz])_?(\d+)", h, re.I): lm.setdefault(int(m[2]), {})[m[1].lower()] = c
         elif m := re.fullmatch(r"(.+?)[_. ]([xyz])", h, re.I): lm.setdefault(m[1], {})[m[2].lower()] = c
-    if not lm: raise InputError(f"{p}: no coordinate columns; expected x0, y0, x1, y1, ... (one row per image) or image, k, x_index, y_index (one row per landmark)")
+    if not lm:
+        raise InputError(f"{p}: no coordinate columns; expected x0, y0, x1, y1, ... (one row per image) "
+                         f"or image, k, x_index, y_index (one row per landmark)")
     keys = sorted(lm) if all(isinstance(k, int) for k in lm) else list(lm)
     ax = sorted(lm[keys[0]])
     for k in keys:
@@ -678,13 +695,28 @@ def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landma
     pts = [[[_num(p, r, head[lm[k][a]], row[lm[k][a]]) for a in ax] for k in keys] for r, row in enumerate(rows, 2)]
     return names, np.asarray(pts, dtype=np.float64).reshape(len(rows), len(keys), len(ax))
 
+# %% ../nbs/02_io.ipynb #b0f998b3
+def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landmark or one row per image
+                      ) -> tuple[list[str], np.ndarray]:  # image names, (n, K, d) float64 points
+    "Read landmarks of several images from a CSV file (layout detected from the header)."
+    p = Path(path)
+    if not p.is_file(): raise MissingFileError(f"CSV file not found: {p}")
+    with open(p, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows: raise InputError(f"{p}: empty CSV file")
+    head, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if any(v.strip() for v in r)]
+    low = [h.lower() for h in head]
+    if "k" in low: return _csv_long(p, head, low, rows)
+    return _csv_wide(p, head, rows)
+
+# %% ../nbs/02_io.ipynb #515924fb
 def write_landmarks_csv(path: str | os.PathLike,   # destination .csv
                         points,                     # (n, K, d) (x, y[, z]) voxel indices
                         images: Sequence[str] | None = None,  # n image names; default "0".."n-1"
-                        shapes=None,                # spatial shape (array order) of all images, or one per image: adds *_norm columns
+                        shapes=None,                # spatial shape(s) (array order), one or one per image: adds *_norm
                        ) -> Path:
     "Write landmarks one row per landmark: image, k, x_index, y_index[, z_index][, x_norm, y_norm[, z_norm]]."
-    P = np.asarray(points.detach().cpu() if torch.is_tensor(points) else points, dtype=np.float64)
+    P = to_numpy(points)
     if P.ndim == 2: P = P[None]
     if P.ndim != 3 or P.shape[-1] not in (2, 3): raise InputError(f"points: expected (n, K, 2|3), got {P.shape}")
     n, K, d = P.shape
@@ -726,7 +758,7 @@ def write_particles(path: str | os.PathLike,  # destination .particles
                     points,                   # (N, 3) coordinates
                    ) -> Path:
     "Write a ShapeWorks `.particles` file."
-    P = np.asarray(points, dtype=np.float64)
+    P = to_numpy(points)
     if P.ndim != 2 or P.shape[1] != 3: raise InputError(f"points: expected (N, 3), got {P.shape}")
     p = Path(path); p.write_text("".join(" ".join(repr(float(v)) for v in r) + "\n" for r in P))
     return p
@@ -741,11 +773,12 @@ def check_landmarks(points,                       # (K, d) or (n, K, d) (x, y[, 
                     source: str | None = None,    # file or image the points belong to, for the message
                    ):
     "Raise a ValueError naming the first landmark that is not finite or lies outside an image of `shape`."
-    P = np.asarray(points.detach().cpu() if torch.is_tensor(points) else points, dtype=np.float64)
+    P = to_numpy(points)
     P3 = P[None] if P.ndim == 2 else P
     d = len(shape)
     if P3.ndim != 3 or P3.shape[-1] != d:
-        raise InputError(f"points: expected (K, {d}) or (n, K, {d}) for an image of shape {tuple(shape)}, got {P.shape}")
+        raise InputError(f"points: expected (K, {d}) or (n, K, {d}) for an image of shape {tuple(shape)}, "
+                         f"got {P.shape}")
     hi = np.asarray(shape, dtype=float)[::-1] - 0.5
     bad = ~np.isfinite(P3).all(-1) | (P3 < -0.5).any(-1) | (P3 > hi).any(-1)
     if bad.any():
@@ -754,10 +787,11 @@ def check_landmarks(points,                       # (K, d) or (n, K, d) (x, y[, 
         where = f"{source}: " if source else ""
         item = f" of set {b}" if P.ndim == 3 else ""
         rng_ = ", ".join(f"{a} in [-0.5, {h:g}]" for a, h in zip("xyz", hi))
-        raise InputError(f"{where}landmark {nm}{item} at {tuple(np.round(P3[b, k], 3).tolist())} lies outside the "
-                         f"image of shape {tuple(shape)} (needs {rng_}); {int(bad.sum())} landmark(s) outside. Check the "
-                         f"coordinate convention (0- or 1-based, LabelMe corner origin, y up) or the image")
+        raise InputError(f"{where}landmark {nm}{item} at {tuple(np.round(P3[b, k], 3).tolist())} lies outside "
+                         f"the image of shape {tuple(shape)} (needs {rng_}); {int(bad.sum())} landmark(s) outside. "
+                         f"Check the coordinate convention (0- or 1-based, LabelMe corner origin, y up) or the image")
 
+# %% ../nbs/02_io.ipynb #6c70f323
 def read_landmark_folder(source,                                # folder, glob pattern or list of landmark files
                          labels: Sequence[str] | None = None,   # LabelMe only: the labels to read, in order
                          pixel_centers: bool = True,            # LabelMe only: see `read_labelme`

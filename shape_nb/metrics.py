@@ -5,11 +5,12 @@
 # %% ../nbs/40_metrics.ipynb #385c04ff
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-from .core import check_shape
-from .core import InputError
+from .core import InputError, as_points, check_shape, to_numpy
 
 # %% auto #0
 __all__ = ['correspondence_rmse', 'PointwiseError', 'pointwise_error', 'point_triangle_distance', 'point_to_mesh_distance',
@@ -17,17 +18,9 @@ __all__ = ['correspondence_rmse', 'PointwiseError', 'pointwise_error', 'point_tr
            'mean_radial_error', 'success_detection_rate', 'detection_report', 'clustering_scores', 'abnormality_auc']
 
 # %% ../nbs/40_metrics.ipynb #23958237
-from typing import NamedTuple
-
-def _np_points(x, name):
-    a = x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
-    if a.ndim == 2: a = a[None]
-    check_shape(a, "n M d", name, d=(2, 3))
-    return a
-
 def _errors(pred, true, spacing):
     "(n, M) Euclidean errors, scaled per coordinate by `spacing`."
-    P, T = _np_points(pred, "pred"), _np_points(true, "true")
+    P, T = (as_points(x, nm, single=True, finite=False) for x, nm in ((pred, "pred"), (true, "true")))
     dims = check_shape(T, "n M d", "true", n=P.shape[0], M=P.shape[1], d=P.shape[2])
     diff = P - T
     if spacing is not None:
@@ -37,9 +30,9 @@ def _errors(pred, true, spacing):
 
 def correspondence_rmse(pred,               # (n, M, d) or (M, d) predicted correspondences
                         true,               # same shape, ground truth
-                        spacing=None,       # (d,) voxel size (x, y[, z]) when the points are voxel indices; None: physical units
+                        spacing=None,       # (d,) voxel size (x, y[, z]) for voxel-index points; None: physical units
                        ) -> np.ndarray:     # (n,) RMSE per shape
-    "DeepSSM eq. 12 per shape: root of the mean over points of the squared Euclidean error (mean over shapes for the set)."
+    "DeepSSM eq. 12 per shape: root of the mean over points of the squared Euclidean error (the set: mean over shapes)."
     return np.sqrt((_errors(pred, true, spacing) ** 2).mean(1))
 
 class PointwiseError(NamedTuple):
@@ -55,11 +48,11 @@ def pointwise_error(pred, true,           # (n, M, d) predicted and true corresp
     e = _errors(pred, true, spacing)
     return PointwiseError(e.mean(0), e.std(0), np.sqrt((e ** 2).mean(0)))
 
-# %% ../nbs/40_metrics.ipynb #e64bfd4e
+# %% ../nbs/40_metrics.ipynb #7a761fbc
 def point_triangle_distance(p, a, b, c,  # (P, 3) points and the corners of one triangle per point
                            ) -> np.ndarray:  # (P,) Euclidean distances
     "Exact distance from each point to its triangle (closest point by Voronoi regions; degenerate triangles allowed)."
-    p, a, b, c = (np.asarray(v, dtype=np.float64) for v in (p, a, b, c))
+    p, a, b, c = (to_numpy(v) for v in (p, a, b, c))
     dot = lambda u, v: np.einsum("ij,ij->i", u, v)
     ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
     d1, d2, d3, d4, d5, d6 = dot(ab, ap), dot(ac, ap), dot(ab, bp), dot(ac, bp), dot(ab, cp), dot(ac, cp)
@@ -89,12 +82,13 @@ def _point_segment(p, u, v):
     t = np.clip(np.einsum("ij,ij->i", p - u, d) / np.maximum(np.einsum("ij,ij->i", d, d), 1e-300), 0, 1)
     return np.sqrt(((p - u - d * t[:, None]) ** 2).sum(1))
 
+# %% ../nbs/40_metrics.ipynb #c94dcba3
 def _mesh(vertices, faces, name):
-    V = vertices.detach().cpu().double().numpy() if torch.is_tensor(vertices) else np.asarray(vertices, dtype=np.float64)
-    Fc = faces.detach().cpu().numpy() if torch.is_tensor(faces) else np.asarray(faces)
+    V, Fc = to_numpy(vertices), to_numpy(faces, dtype=None)
     check_shape(V, "V 3", f"{name} vertices"); check_shape(Fc, "F 3", f"{name} faces")
     if len(Fc) == 0: raise InputError(f"{name}: the mesh has no faces")
-    if not np.issubdtype(Fc.dtype, np.integer): raise InputError(f"{name} faces must be integer vertex indices, got {Fc.dtype}")
+    if not np.issubdtype(Fc.dtype, np.integer):
+        raise InputError(f"{name} faces must be integer vertex indices, got {Fc.dtype}")
     if Fc.min() < 0 or Fc.max() >= len(V):
         raise InputError(f"{name} faces index vertices 0..{len(V) - 1}, got indices {Fc.min()}..{Fc.max()}")
     if not np.isfinite(V).all(): raise InputError(f"{name} vertices contain NaN or Inf")
@@ -107,7 +101,7 @@ def point_to_mesh_distance(points,              # (P, 3) query points
     "Exact distance from each point to a triangle mesh (KD-tree over centroids prunes the triangles tested)."
     from scipy.spatial import cKDTree
     V, Fc = _mesh(vertices, faces, "mesh")
-    Q = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    Q = to_numpy(points).reshape(-1, 3)
     tri = V[Fc]                                        # (F, 3, 3)
     cen = tri.mean(1)
     rmax = np.sqrt(((tri - cen[:, None]) ** 2).sum(-1)).max()
@@ -131,6 +125,7 @@ def point_to_mesh_distance(points,              # (P, 3) query points
         out[s:s + chunk] = np.minimum(best, d0)
     return out
 
+# %% ../nbs/40_metrics.ipynb #a710758f
 def sample_surface(vertices, faces,           # (V, 3), (F, 3)
                    n: int,                    # number of random points
                    random_state=None,         # seed or numpy Generator
@@ -148,6 +143,7 @@ def sample_surface(vertices, faces,           # (V, 3), (F, 3)
     t = tri[f]
     return t[:, 0] + (t[:, 1] - t[:, 0]) * u[:, None] + (t[:, 2] - t[:, 0]) * v[:, None]
 
+# %% ../nbs/40_metrics.ipynb #a14d6bc9
 class SurfaceDistance(NamedTuple):
     "Surface-to-surface distances between a predicted and a true mesh (units of the vertices)."
     mean: float            # symmetric mean: (pred_to_true + true_to_pred) / 2
@@ -162,7 +158,7 @@ def surface_distance(pred_vertices,            # (V, 3) predicted mesh vertices
                      n_samples: int = 20000,   # random surface points per mesh (plus its used vertices)
                      random_state=0,           # seed for the sampling
                     ) -> SurfaceDistance:
-    "Symmetric mean and Hausdorff surface distance between two triangle meshes, by dense sampling and exact point-to-mesh distances."
+    "Symmetric mean and Hausdorff distance between two triangle meshes (dense samples, exact point-to-mesh distances)."
     A, FA = _mesh(pred_vertices, pred_faces, "pred")
     B, FB = _mesh(true_vertices, FA if true_faces is None else true_faces, "true")
     rng = np.random.default_rng(random_state)
@@ -172,37 +168,32 @@ def surface_distance(pred_vertices,            # (V, 3) predicted mesh vertices
     return SurfaceDistance(float((dab.mean() + dba.mean()) / 2), float(max(dab.max(), dba.max())),
                            float(dab.mean()), float(dba.mean()))
 
+# %% ../nbs/40_metrics.ipynb #6d548228
 def mesh_from_points(points,              # (M, d) or (n, M, d) predicted correspondences
                      template_points,     # (M, d) the template's correspondences
                      template_vertices,   # (V, d) the template mesh's vertices
                      reg: float = 0.0,    # TPS regularisation
                     ) -> np.ndarray:      # (V, d) or (n, V, d) warped vertices (use the template's faces)
-    "Mesh vertices for predicted correspondences: TPS-warp a template mesh from its correspondences to the predicted ones."
+    "Mesh vertices for predicted correspondences: TPS-warp a template mesh from its correspondences to the predicted."
     from shape_nb.tps import tps_fit, tps_apply
-    P = torch.as_tensor(np.array(points.detach().cpu() if torch.is_tensor(points) else points, dtype=np.float64))
+    P = torch.as_tensor(to_numpy(points))
     single = P.ndim == 2
     if single: P = P[None]
-    T = torch.as_tensor(np.array(template_points, dtype=np.float64))
-    Vt = torch.as_tensor(np.array(template_vertices, dtype=np.float64))
+    T = torch.as_tensor(to_numpy(template_points))
+    Vt = torch.as_tensor(to_numpy(template_vertices))
     d = check_shape(P, "n M d", "points", d=(2, 3))["d"]
     check_shape(T, "M d", "template_points", M=P.shape[1], d=d)
     check_shape(Vt, "V d", "template_vertices", d=d)
     out = tps_apply(tps_fit(T.expand(len(P), -1, -1), P, reg=reg), Vt[None]).numpy()
     return out[0] if single else out
 
-# %% ../nbs/40_metrics.ipynb #99830621
-def _np_points(x, name):
-    a = np.asarray(x.detach().cpu().double() if torch.is_tensor(x) else x, dtype=np.float64)
-    if a.ndim == 2: a = a[None]
-    check_shape(a, "n K d", name, d=(2, 3))
-    return a
-
+# %% ../nbs/40_metrics.ipynb #455fad5f
 def radial_errors(pred,                 # (n, K, d) or (K, d) detected points, pixel indices or mm, (x, y[, z])
                   target,               # the true points, same shape and units
                   spacing=None,         # None, a scalar, (d,) or (n, d) pixel size, (x, y[, z]) order
                  ) -> np.ndarray:       # (n, K) Euclidean errors (NaN where a point is missing)
     "Radial (Euclidean) error of every landmark, in mm when `spacing` is given, else in the input units."
-    p, t = _np_points(pred, "pred"), _np_points(target, "target")
+    p, t = (as_points(x, nm, single=True, finite=False) for x, nm in ((pred, "pred"), (target, "target")))
     if p.shape != t.shape:
         raise InputError(f"pred and target must have the same shape (n, K, d), got {p.shape} and {t.shape}")
     diff = p - t
@@ -210,13 +201,14 @@ def radial_errors(pred,                 # (n, K, d) or (K, d) detected points, p
         s = np.asarray(spacing, dtype=np.float64)
         if s.ndim == 0: s = np.full(p.shape[-1], float(s))
         if s.shape[-1] != p.shape[-1] or s.ndim > 2 or (s.ndim == 2 and s.shape[0] != p.shape[0]):
-            raise InputError(f"spacing must be a scalar, ({p.shape[-1]},) or ({p.shape[0]}, {p.shape[-1]}) in (x, y[, z]) "
-                             f"order, got shape {s.shape}")
+            raise InputError(f"spacing must be a scalar, ({p.shape[-1]},) or ({p.shape[0]}, {p.shape[-1]}) "
+                             f"in (x, y[, z]) order, got shape {s.shape}")
         diff = diff * (s[:, None, :] if s.ndim == 2 else s)
     return np.sqrt((diff ** 2).sum(-1))
 
+# %% ../nbs/40_metrics.ipynb #ddf64a58
 def mean_radial_error(pred, target, spacing=None) -> dict:
-    "MRE and SD over all landmarks, and per landmark: keys `mre`, `sd`, `mre_per_landmark` (K,), `sd_per_landmark` (K,), `n`."
+    "MRE and SD over all landmarks and per landmark: `mre`, `sd`, `mre_per_landmark` (K,), `sd_per_landmark` (K,), `n`."
     r = radial_errors(pred, target, spacing)
     ok = np.isfinite(r)
     if not ok.any(): raise InputError("no landmark is present (finite) in both pred and target")
@@ -225,8 +217,10 @@ def mean_radial_error(pred, target, spacing=None) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):   # a landmark missing in every image gives NaN, as it should
         per_m = z.sum(0) / cnt
         per_s = np.sqrt(np.where(ok, (r - per_m) ** 2, 0.0).sum(0) / cnt)
-    return dict(mre=float(r[ok].mean()), sd=float(r[ok].std()), mre_per_landmark=per_m, sd_per_landmark=per_s, n=int(ok.sum()))
+    return dict(mre=float(r[ok].mean()), sd=float(r[ok].std()), mre_per_landmark=per_m, sd_per_landmark=per_s,
+                n=int(ok.sum()))
 
+# %% ../nbs/40_metrics.ipynb #62771c2a
 def success_detection_rate(pred, target,
                            radii=(2.0, 2.5, 3.0, 4.0),  # success radii, in mm with `spacing`, else input units
                            spacing=None,
@@ -243,6 +237,7 @@ def success_detection_rate(pred, target,
         out[float(z)] = dict(overall=float(hit.sum() / ok.sum()), per_landmark=per)
     return out
 
+# %% ../nbs/40_metrics.ipynb #65d55513
 def detection_report(pred, target, spacing=None, radii=(2.0, 2.5, 3.0, 4.0)) -> dict:
     "MRE, SD and SDRs as one JSON-ready dict of floats and lists (per-landmark values as lists)."
     m, s = mean_radial_error(pred, target, spacing), success_detection_rate(pred, target, radii, spacing)
@@ -256,9 +251,11 @@ def clustering_scores(labels_true, labels_pred) -> dict:
     "Agreement of a clustering with known groups: adjusted Rand index, normalised mutual information, purity."
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     t, p = np.asarray(labels_true), np.asarray(labels_pred)
-    if t.shape != p.shape or t.ndim != 1: raise InputError(f"labels: expected two (n,) arrays, got {t.shape} and {p.shape}")
+    if t.shape != p.shape or t.ndim != 1:
+        raise InputError(f"labels: expected two (n,) arrays, got {t.shape} and {p.shape}")
     purity = sum(np.unique(t[p == c], return_counts=True)[1].max() for c in np.unique(p)) / len(t)
-    return dict(ari=float(adjusted_rand_score(t, p)), nmi=float(normalized_mutual_info_score(t, p)), purity=float(purity))
+    return dict(ari=float(adjusted_rand_score(t, p)), nmi=float(normalized_mutual_info_score(t, p)),
+                purity=float(purity))
 
 def abnormality_auc(scores, is_abnormal) -> float:
     "Area under the ROC curve of `scores` (higher = more abnormal) for binary labels."

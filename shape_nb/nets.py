@@ -13,10 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import check_shape
-
-__all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor']
-from .core import InputError
+from .core import InputError, check_shape
 
 # %% auto #0
 __all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor', 'xavier_init_', 'DeepSSMEncoder', 'PCADecoder',
@@ -41,7 +38,7 @@ def bn_nd(spatial_dims: int, *args, **kwargs) -> nn.Module:
 
 # %% ../nbs/06_nets.ipynb #9162b689
 def grid_points(k: int, d: int = 2, extent: float = 0.8) -> torch.Tensor:
-    "`k` well-spread points in [-extent, extent]^d: the first k of a near-square (cube) grid, (k, d) in (x, y[, z])."
+    "`k` well-spread points in [-extent, extent]^d, spread over a near-square (cube) grid: (k, d) in (x, y[, z])."
     n = math.ceil(k ** (1 / d) - 1e-9)
     while n ** (d - 1) * math.ceil(k / n ** (d - 1)) < k: n += 1
     axes = [torch.linspace(-extent, extent, n)] * (d - 1)
@@ -85,7 +82,8 @@ class LandmarkRegressor(nn.Module):
 
     def forward(self, x):  # (B, C, *spatial) -> (B, K, d)
         if x.ndim != self.spatial_dims + 2:
-            raise InputError(f"LandmarkRegressor({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
+            axes = "C, D, H, W" if self.spatial_dims == 3 else "C, H, W"
+            raise InputError(f"LandmarkRegressor({self.spatial_dims}D): expected a (B, {axes}) "
                              f"image batch, got shape {tuple(x.shape)}")
         h = self.pool(self.features(x))
         t = h.device.type
@@ -104,13 +102,15 @@ def xavier_init_(module: nn.Module,  # initialised in place
             if m.bias is not None: nn.init.zeros_(m.bias)
     return module
 
+# %% ../nbs/06_nets.ipynb #ac14f672
 def _check_images_in(x, spatial_dims, in_channels, who):
     if x.ndim != spatial_dims + 2 or x.shape[1] != in_channels:
         sp = "D, H, W" if spatial_dims == 3 else "H, W"
-        raise InputError(f"{who}({spatial_dims}D): expected an image batch (B, {in_channels}, {sp}), got shape {tuple(x.shape)}")
+        raise InputError(f"{who}({spatial_dims}D): expected an image batch (B, {in_channels}, {sp}), "
+                         f"got shape {tuple(x.shape)}")
 
 class DeepSSMEncoder(nn.Module):
-    "DeepSSM image encoder: 5 convolutions (BatchNorm, PReLU; max pool after the 1st, 3rd, 5th), adaptive pool, FC 384-96-`n_out`."
+    "DeepSSM image encoder: 5 convolutions (BatchNorm, PReLU, 3 max pools), adaptive pool, FC 384-96-`n_out`."
     def __init__(self,
                  n_out: int,                                    # outputs: PCA modes (Base) or latent size (TL)
                  spatial_dims: int = 3,                         # 2 or 3
@@ -161,9 +161,11 @@ class PCADecoder(nn.Module):
         L = check_shape(basis, "L F", "basis")["L"]
         M, d = check_shape(mean, "M d", "mean", d=(2, 3)).values()
         if basis.shape[1] != M * d:
-            raise InputError(f"basis has {basis.shape[1]} columns but the mean shape has M*d = {M}*{d} = {M * d} coordinates")
+            raise InputError(f"basis has {basis.shape[1]} columns but the mean shape has M*d = {M}*{d} = {M * d} "
+                             f"coordinates")
         scale = torch.ones(L, dtype=dt) if scale is None else torch.as_tensor(scale, dtype=dt).reshape(-1)
-        if scale.shape != (L,): raise InputError(f"scale: expected {L} values (one per mode), got shape {tuple(scale.shape)}")
+        if scale.shape != (L,):
+            raise InputError(f"scale: expected {L} values (one per mode), got shape {tuple(scale.shape)}")
         self.n_points, self.dim = M, d
         self.register_buffer("basis", basis.clone())
         self.register_buffer("mean", mean.reshape(-1).clone())
@@ -174,7 +176,7 @@ class PCADecoder(nn.Module):
         return torch.addmm(self.mean, z * self.scale, self.basis).reshape(z.shape[0], self.n_points, self.dim)
 
 class BaseDeepSSM(nn.Module):
-    "Base-DeepSSM: `DeepSSMEncoder` to whitened PCA scores, then the fixed `PCADecoder`; forward returns (scores, points)."
+    "Base-DeepSSM: `DeepSSMEncoder` to whitened PCA scores, then the fixed `PCADecoder`; forward: (scores, points)."
     def __init__(self,
                  basis,                # (L, M*d) PCA modes
                  mean,                 # (M, d) mean shape
@@ -201,7 +203,7 @@ class CorrespondenceAE(nn.Module):
                  latent: int = 64,                  # bottleneck size
                  hidden: Sequence[int] = (1024, 512),  # encoder widths (the decoder mirrors them)
                  negative_slope: float = 0.01,      # leaky ReLU slope
-                 center=None,                       # (M, d) subtracted before encoding (e.g. the mean shape); None: zeros
+                 center=None,                       # (M, d) subtracted before encoding (e.g. the mean); None: zeros
                  scale: float = 1.0,                # inputs are divided by it (e.g. the std of the coordinates)
                 ):
         super().__init__()
@@ -236,7 +238,7 @@ class CorrespondenceAE(nn.Module):
         return self.decode(z), z
 
 class TLDeepSSM(nn.Module):
-    "TL-DeepSSM: a `CorrespondenceAE` (`ae`) and a T-flank `DeepSSMEncoder` (`tflank`) to its latent; forward: image -> (latent, points)."
+    "TL-DeepSSM: a `CorrespondenceAE` (`ae`) and a T-flank `DeepSSMEncoder` (`tflank`) to its latent."
     def __init__(self,
                  n_points: int,                     # M
                  latent: int = 64,                  # bottleneck size
@@ -277,27 +279,32 @@ class UNet(nn.Module):
                  out_bias: float = 0.0,                  # initial bias of the output convolution
                 ):
         super().__init__()
-        if activation not in ("sigmoid", None): raise InputError(f"activation must be 'sigmoid' or None, got {activation!r}")
+        if activation not in ("sigmoid", None):
+            raise InputError(f"activation must be 'sigmoid' or None, got {activation!r}")
         if out_channels < 1: raise InputError(f"out_channels must be >= 1, got {out_channels}")
         if len(channels) < 1: raise InputError("channels must list at least one width")
         self.spatial_dims, self.out_channels, self.activation = _dims(spatial_dims), out_channels, activation
         ch = tuple(int(c) for c in channels)
-        self.down = nn.ModuleList(_block(spatial_dims, ci, co, batch_norm) for ci, co in zip((in_channels,) + ch[:-1], ch))
+        ins = (in_channels,) + ch[:-1]
+        self.down = nn.ModuleList(_block(spatial_dims, ci, co, batch_norm) for ci, co in zip(ins, ch))
         self.pool = pool_nd(spatial_dims, 2)
         self.up = nn.ModuleList(_block(spatial_dims, ch[i + 1] + ch[i], ch[i], batch_norm) for i in range(len(ch) - 1))
         self.head = conv_nd(spatial_dims, ch[0], out_channels, 1)
         with torch.no_grad(): self.head.bias.fill_(out_bias)
         self.min_size = 2 ** (len(ch) - 1)
-        self.arch = dict(out_channels=out_channels, spatial_dims=spatial_dims, in_channels=in_channels, channels=list(ch),
-                         batch_norm=batch_norm, activation=activation, out_bias=float(out_bias))   # to rebuild it from a checkpoint
+        # the constructor arguments, to rebuild the network from a checkpoint
+        self.arch = dict(out_channels=out_channels, spatial_dims=spatial_dims, in_channels=in_channels,
+                         channels=list(ch), batch_norm=batch_norm, activation=activation, out_bias=float(out_bias))
 
     def forward(self, x):  # (B, C, *spatial) -> (B, out_channels, *spatial)
         if x.ndim != self.spatial_dims + 2:
-            raise InputError(f"UNet({self.spatial_dims}D): expected a (B, C{', D' if self.spatial_dims == 3 else ''}, H, W) "
+            axes = "C, D, H, W" if self.spatial_dims == 3 else "C, H, W"
+            raise InputError(f"UNet({self.spatial_dims}D): expected a (B, {axes}) "
                              f"image batch, got shape {tuple(x.shape)}")
         if min(x.shape[2:]) < self.min_size:
-            raise InputError(f"UNet with {len(self.down)} levels needs images of at least {self.min_size} pixels per axis, "
-                             f"got spatial shape {tuple(x.shape[2:])}; use fewer channels (levels) or larger images")
+            raise InputError(f"UNet with {len(self.down)} levels needs images of at least {self.min_size} pixels "
+                             f"per axis, got spatial shape {tuple(x.shape[2:])}; "
+                             f"use fewer channels (levels) or larger images")
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import check_shape, pixel_grid
+from .core import InputError, check_shape, pixel_grid
 from .tps import tps_warp_image
-from .core import InputError
 
 # %% auto #0
 __all__ = ['SHEPP_LOGAN', 'ELLIPSOIDS_3D', 'shepp_logan', 'shepp_logan_control_points', 'image_corners', 'tps_population',
@@ -85,6 +84,7 @@ def tps_population(image: torch.Tensor,          # (1, C, *S) image to deform
     out = tps_warp_image(image.to(torch.float64).expand(n, *image.shape[1:]), src, dst, padding_mode=padding_mode)
     return out.to(image.dtype), moved.to(image.dtype)
 
+# %% ../nbs/04_phantoms.ipynb #0d5116a7
 def tps_phantoms(n: int,                  # number of images
                  size: int | tuple = 128, # H = W, or (H, W)
                  sigma: float = 0.05,     # std of the control-point offsets (normalised units)
@@ -92,8 +92,8 @@ def tps_phantoms(n: int,                  # number of images
                  dtype=torch.float32, device=None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # images (n, 1, H, W), control points (n, 6, 2)
     "Shepp-Logan phantoms warped by random TPS perturbations of the 6 control points (the paper's data set)."
-    imgs, cps = tps_population(shepp_logan(size, torch.float64, device), shepp_logan_control_points(torch.float64, device),
-                               n, sigma, seed=seed)
+    image, cp = shepp_logan(size, torch.float64, device), shepp_logan_control_points(torch.float64, device)
+    imgs, cps = tps_population(image, cp, n, sigma, seed=seed)
     return imgs.to(dtype), cps.to(dtype)
 
 # %% ../nbs/04_phantoms.ipynb #a01c23a8
@@ -132,6 +132,6 @@ def phantom_3d_control_points(dtype=torch.float32, device=None) -> torch.Tensor:
 def tps_phantoms_3d(n: int, size: int | tuple = 64, sigma: float = 0.05, shift=None, seed: int | None = 0,
                     dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     "3D phantoms `(n, 1, D, H, W)` warped by random TPS perturbations of the 6 control points `(n, 6, 3)`."
-    vols, cps = tps_population(phantom_3d(size, torch.float64, device), phantom_3d_control_points(torch.float64, device),
-                               n, sigma, shift=shift, seed=seed)
+    vol, cp = phantom_3d(size, torch.float64, device), phantom_3d_control_points(torch.float64, device)
+    vols, cps = tps_population(vol, cp, n, sigma, shift=shift, seed=seed)
     return vols.to(dtype), cps.to(dtype)

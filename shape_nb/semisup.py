@@ -15,28 +15,29 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator
 from torch import nn
 
-from .core import check_shape, get_device, index_to_norm, norm_to_index, pixel_grid, seed_everything
-from .shape import GPA, ShapePCA, apply_similarity, invert_similarity, procrustes_align
-from .nets import UNet
+from .core import InputError, MissingFileError, as_images, as_points, check_shape, index_to_norm
+from .core import norm_to_index, patch, pixel_grid, seed_everything, to_numpy
+from .io import check_landmarks, file_stem, read_image, read_images, read_labelme, stack_images
+from .io import write_labelme, write_landmarks_csv
 from .data import Whitener
-from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint, train_config, train_device
-
-__all__ = ['integral_coordinates', 'coordinate_l1', 'sample_radius', 'region_attention_loss', 'Regulated',
-           'ShapePrior', 'random_similarity', 'ABLATIONS', 'SemiSupervisedDetector', 'train_from_folders',
-           'predict_folder']
-from .core import InputError, MissingFileError
+from .shape import ShapePCA, apply_similarity, invert_similarity
+from .nets import UNet
+from .train import History, train_config, train_device
+from .train import fit as fit_model
+from .estimator import Estimator, finish_out, prepare_out, run_options
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'integral_coordinates', 'coordinate_l1', 'sample_radius', 'region_attention_loss', 'Regulated',
-           'ShapePrior', 'random_similarity', 'SemiSupervisedDetector', 'train_from_folders', 'predict_folder']
+           'ShapePrior', 'random_similarity', 'SemiSupervisedDetector', 'train_from_folder', 'predict_folder']
 
 # %% ../nbs/30_semisup.ipynb #0e405cbc
 def integral_coordinates(heatmaps: torch.Tensor,  # (B, K, H, W) or (B, K, D, H, W), non-negative
                          eps: float = 1e-12,       # floor for the sums gamma
                         ) -> tuple:                # ((B, K, d) normalised (x, y[, z]), (B, K) sums gamma)
-    "Landmarks as heatmap-weighted means of pixel positions (each heatmap normalised by its sum gamma); returns (coords, gamma)."
+    "Landmarks as heatmap-weighted means of the pixel positions (each heatmap normalised by its sum gamma)."
     if not torch.is_tensor(heatmaps) or heatmaps.ndim not in (4, 5):
         raise InputError(f"heatmaps: expected (B, K, H, W) or (B, K, D, H, W), got "
                          f"{tuple(heatmaps.shape) if hasattr(heatmaps, 'shape') else type(heatmaps).__name__}")
@@ -60,18 +61,24 @@ def coordinate_l1(pred: torch.Tensor,    # (B, K, d) predicted coordinates
     "L1 distance sum_c |pred - target| per landmark, averaged over the (unmasked) landmarks."
     return _masked_mean((pred - target).abs().sum(-1), mask)
 
-def sample_radius(shape, mean: float = 0.01, std: float = 0.005, dtype=torch.float32, device=None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    "Target radii |delta| ~ N(mean, std^2), clipped at 0, one per entry of `shape` (e.g. (B, K))."
+def sample_radius(shape,                  # shape of the radii, e.g. (B, K)
+                  mean: float = 0.01,     # mean radius, normalised units
+                  std: float = 0.005,     # standard deviation of the radii
+                  dtype=torch.float32,    # dtype of the result
+                  device=None,            # device of the result
+                  generator: torch.Generator | None = None,  # random source (default: torch's global one)
+                 ) -> torch.Tensor:
+    "Target radii |delta| ~ N(mean, std^2), clipped at 0, one per entry of `shape`."
     r = torch.randn(shape, dtype=dtype, device=device, generator=generator) * std + mean
     return r.clamp_min(0)
 
 def region_attention_loss(heatmaps: torch.Tensor,  # (B, K, *spatial), non-negative
                           targets: torch.Tensor,   # (B, K, d) (pseudo) labels, normalised (x, y[, z])
-                          radius: torch.Tensor | None = None,  # (B, K) target radii |delta|; None: drawn by `sample_radius`
+                          radius: torch.Tensor | None = None,  # (B, K) radii |delta|; None: drawn by `sample_radius`
                           mask: torch.Tensor | None = None,    # (B, K) bool: landmarks that count
-                          mean: float = 0.01, std: float = 0.005,  # distribution of the radii when drawn
-                          eps: float = 1e-12,
+                          mean: float = 0.01,      # mean of the radii when drawn
+                          std: float = 0.005,      # standard deviation of the radii when drawn
+                          eps: float = 1e-12,      # floor of the heatmap sums and distances
                           return_spread: bool = False,  # also return the (B, K) spreads
                          ):
     "Region Attention loss: | |delta_i| - sum_rho H_i(rho)/gamma_i |rho - x_i| |, averaged over (unmasked) landmarks."
@@ -94,15 +101,8 @@ class Regulated(NamedTuple):
     abnormal: np.ndarray    # (n,) bool: some landmark moved more than Z
     projected: np.ndarray   # (n, K, d) X_beta for every shape
 
-def _f64(x, name):
-    a = np.asarray(x.detach().cpu().double() if torch.is_tensor(x) else x, dtype=np.float64)
-    if a.ndim == 2: a = a[None]
-    check_shape(a, "n K d", name, d=(2, 3))
-    if not np.isfinite(a).all(): raise InputError(f"{name}: contains NaN or Inf coordinates")
-    return a
-
-class ShapePrior:
-    "PCA shape model of GPA-aligned landmark sets that projects pseudo labels onto plausible shapes and flags abnormal ones."
+class ShapePrior(BaseEstimator):
+    "PCA shape model of GPA-aligned landmark sets: projects pseudo labels on plausible shapes, flags abnormal ones."
     def __init__(self,
                  variance: float = 0.9999,  # fraction of the shape variance kept by the PCA
                  n_std: float = 3.0,        # clamp each mode's score to +-n_std standard deviations
@@ -110,60 +110,62 @@ class ShapePrior:
                 ):
         self.variance, self.n_std, self.scaling = variance, n_std, scaling
 
-    def fit(self, shapes):  # (n, K, d) labelled landmarks in physical units (mm or pixels)
-        "Fit GPA (`gpa_`) and the PCA of the aligned shapes (`pca_`); returns self."
-        X = _f64(shapes, "shapes")
-        if len(X) < 2: raise InputError(f"shapes: the shape prior needs at least 2 labelled shapes, got {len(X)}")
-        self.gpa_ = GPA(scaling=self.scaling).fit(X)
-        self.pca_ = ShapePCA(self.variance).fit(self.gpa_.aligned_)
-        self.n_points_, self.dim_ = X.shape[1:]
-        return self
-
     def _check(self):
         if not hasattr(self, "pca_"): raise RuntimeError("this ShapePrior is not fitted yet: call fit(shapes) first")
 
-    def project(self, shapes) -> np.ndarray:  # (n, K, d) -> (n, K, d), physical units
-        "X_beta: align to the mean, project on the modes, clamp scores to +-n_std sigma, map back with the inverse alignment."
-        self._check()
-        X = _f64(shapes, "shapes")
-        check_shape(X, "n K d", "shapes", K=self.n_points_, d=self.dim_)
-        aligned, T = procrustes_align(X, self.gpa_.mean_, scaling=self.scaling)
-        b = self.pca_.clamp(self.pca_.transform(aligned), self.n_std)
-        return apply_similarity(self.pca_.inverse_transform(b), invert_similarity(T))
+@patch
+def fit(self: ShapePrior, shapes):  # (n, K, d) labelled landmarks in physical units (mm or pixels)
+    "Fit the PCA (`pca_`) of the GPA-aligned shapes (`gpa_`: GPA and the mean they are aligned to); returns self."
+    X = as_points(shapes, "shapes", single=True)
+    if len(X) < 2: raise InputError(f"shapes: the shape prior needs at least 2 labelled shapes, got {len(X)}")
+    self.pca_ = ShapePCA(self.variance, align="gpa", scaling=self.scaling).fit(X)
+    self.gpa_ = self.pca_.gpa_
+    self.n_points_, self.dim_ = X.shape[1:]
+    return self
 
-    def regulate(self, shapes,           # (n, K, d) pseudo labels X_alpha, physical units
-                 threshold: float,       # Z: largest plausible move of a landmark, same units
-                ) -> Regulated:
-        "Shape-regulate pseudo labels with abnormal detection: X_beta if no landmark moved > Z, else X_alpha with those landmarks masked."
-        if not threshold > 0: raise InputError(f"threshold Z must be > 0 (physical units), got {threshold}")
-        X = _f64(shapes, "shapes")
-        Xb = self.project(X)
-        moved = np.sqrt(((Xb - X) ** 2).sum(-1))
-        far = moved > threshold
-        abnormal = far.any(1)
-        out = np.where(abnormal[:, None, None], X, Xb)
-        return Regulated(out, ~far | ~abnormal[:, None], moved, abnormal, Xb)
+# %% ../nbs/30_semisup.ipynb #359aac64
+@patch
+def project(self: ShapePrior, shapes) -> np.ndarray:  # (n, K, d) -> (n, K, d), physical units
+    "X_beta: align to the mean, project on the modes, clamp to +-n_std sigma, map back by the inverse alignment."
+    self._check()
+    X = as_points(shapes, "shapes", single=True)
+    check_shape(X, "n K d", "shapes", K=self.n_points_, d=self.dim_)
+    _, T = self.gpa_.transform(X, return_transform=True)
+    b = self.pca_.clamp(self.pca_.transform(X), self.n_std)
+    return apply_similarity(self.pca_.inverse_transform(b), invert_similarity(T))
 
-    def state_dict(self) -> dict:
-        "Plain state for checkpoints."
-        self._check()
-        p = self.pca_
-        return dict(variance=self.variance, n_std=self.n_std, scaling=self.scaling, gpa_mean=self.gpa_.mean_,
-                    mean=p.mean_, components=p.components_, std=p.std_, explained_variance=p.explained_variance_)
+# %% ../nbs/30_semisup.ipynb #0c516622
+@patch
+def regulate(self: ShapePrior,
+             shapes,              # (n, K, d) pseudo labels X_alpha, physical units
+             threshold: float,    # Z: largest plausible move of a landmark, same units
+            ) -> Regulated:
+    "Abnormal detection: X_beta if no landmark moves more than Z, else X_alpha with the landmarks that do masked."
+    if not threshold > 0: raise InputError(f"threshold Z must be > 0 (physical units), got {threshold}")
+    X = as_points(shapes, "shapes", single=True)
+    Xb = self.project(X)
+    moved = np.sqrt(((Xb - X) ** 2).sum(-1))
+    far = moved > threshold
+    abnormal = far.any(1)
+    out = np.where(abnormal[:, None, None], X, Xb)
+    return Regulated(out, ~far | ~abnormal[:, None], moved, abnormal, Xb)
 
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> "ShapePrior":
-        "Rebuild a fitted prior from `state_dict()`."
-        self = cls(float(sd["variance"]), float(sd["n_std"]), bool(sd["scaling"]))
-        a = lambda k: np.asarray(sd[k], dtype=np.float64)
-        self.gpa_ = GPA(scaling=self.scaling); self.gpa_.mean_ = a("gpa_mean")
-        p = self.pca_ = ShapePCA(self.variance)
-        p.gpa_, p.mean_, p.components_, p.std_ = None, a("mean"), a("components"), a("std")
-        p.explained_variance_ = a("explained_variance")
-        p.n_points_, p.dim_ = p.mean_.shape
-        p.n_components_ = len(p.components_)
-        self.n_points_, self.dim_ = p.mean_.shape
-        return self
+# %% ../nbs/30_semisup.ipynb #10e590db
+@patch
+def state_dict(self: ShapePrior) -> dict:
+    "Parameters and the fitted PCA (`ShapePCA.state_dict`, with its GPA mean) as plain values, for checkpoints."
+    self._check()
+    return dict(params=self.get_params(), pca=self.pca_.state_dict())
+
+def _prior_from_state_dict(cls, sd: dict) -> ShapePrior:
+    "A fitted prior from `state_dict()`: projects exactly as the saved one."
+    self = cls(**sd["params"])
+    self.pca_ = ShapePCA.from_state_dict(sd["pca"])
+    self.gpa_ = self.pca_.gpa_
+    self.n_points_, self.dim_ = self.pca_.mean_.shape
+    return self
+
+ShapePrior.from_state_dict = classmethod(_prior_from_state_dict)
 
 # %% ../nbs/30_semisup.ipynb #6fffe43b
 def random_similarity(images: torch.Tensor,     # (B, C, *spatial)
@@ -183,7 +185,7 @@ def random_similarity(images: torch.Tensor,     # (B, C, *spatial)
     R = torch.eye(d, device=dev, dtype=dt).repeat(B, 1, 1)
     R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1] = ang.cos(), -ang.sin(), ang.sin(), ang.cos()
     half = torch.tensor(S[::-1], device=dev, dtype=dt) / 2                     # normalised -> pixel units, (x, y[, z])
-    M = (R * s[:, None, None]) * half[None, None, :] / half[None, :, None]      # S^-1 (s R) S: output -> input, normalised
+    M = (R * s[:, None, None]) * half[None, None, :] / half[None, :, None]      # S^-1 (s R) S: output -> input
     t = torch.stack([u() for _ in range(d)], 1) * 2 * max_shift
     grid = F.affine_grid(torch.cat([M, t[:, :, None]], 2), [B, C, *S], align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -199,40 +201,13 @@ ABLATIONS = {
     "full": dict(self_training=True, shape_regulation=True, region_attention=True),
 }
 
-_PARAMS = ("n_landmarks self_training shape_regulation region_attention rounds epochs_pretrain epochs_round "
-           "epochs_finetune ral_weight ral_mean ral_std variance n_std z_threshold spacing augment batch_size lr "
-           "weight_decay channels out_bias device random_state progress train_options").split()
-
-def _as_images(images, name="images") -> torch.Tensor:
-    x = torch.as_tensor(images)
-    if x.ndim == 3: x = x[:, None]
-    if x.ndim not in (4, 5) or x.shape[1] != 1:
-        raise InputError(f"{name}: expected single-channel images (n, 1, H, W) or (n, 1, D, H, W) (or (n, H, W)), "
-                         f"got shape {tuple(x.shape)}")
-    if not x.is_floating_point(): x = x.float()
-    bad = ~torch.isfinite(x.flatten(1)).all(1)
-    if bad.any(): raise InputError(f"{name}: image {int(bad.nonzero()[0])} contains NaN or Inf values")
-    return x
-
-def _as_landmarks(lm, n, K, d, name, allow_nan=False) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(lm.detach().cpu() if torch.is_tensor(lm) else lm, dtype=np.float32))
-    check_shape(y, "n K d", name, n=n, d=d, **({} if K is None else {"K": K}))
-    fin = torch.isfinite(y)
-    if not allow_nan and not fin.all():
-        i, k = (int(v) for v in (~fin.all(-1)).nonzero()[0])
-        raise InputError(f"{name}: landmark {k} of image {i} is NaN or Inf; every labelled landmark must be given")
-    if (y[fin].abs() > 1.5).any():
-        raise InputError(f"{name}: coordinates up to {float(y[fin].abs().max()):.3g} in absolute value; landmarks must "
-                         f"be normalised [-1, 1] (x, y[, z]) (convert pixel indices with shape_nb.core.index_to_norm)")
-    return y
-
-class SemiSupervisedDetector:
-    "Shape-regulated self-training for heatmap landmark detection (scikit-learn style): fit(labelled, landmarks, unlabelled), predict(images)."
+class SemiSupervisedDetector(Estimator):
+    "Shape-regulated self-training for heatmap landmark detection: `fit(images, landmarks, unlabelled=...)`."
     def __init__(self,
-                 backbone: nn.Module | None = None,  # images (B, 1, *S) -> (B, K, *S) non-negative heatmaps; None: a UNet
+                 backbone: nn.Module | None = None,  # (B, 1, *S) -> (B, K, *S) non-negative heatmaps; None: a UNet
                  n_landmarks: int | None = None,     # K (default: from the labelled landmarks)
                  self_training: bool = True,         # rounds of pseudo labelling on the unlabelled images
-                 shape_regulation: bool = True,      # regulate pseudo labels with the PCA shape prior (+ abnormal detection)
+                 shape_regulation: bool = True,      # regulate pseudo labels by the shape prior (+ abnormal detection)
                  region_attention: bool = True,      # add the Region Attention loss in self-training and fine-tuning
                  rounds: int = 3,                    # R: self-training rounds
                  epochs_pretrain: int = 60,          # epochs on the labelled images (L1)
@@ -240,277 +215,327 @@ class SemiSupervisedDetector:
                  epochs_finetune: int = 20,          # epochs on the labelled images at the end
                  ral_weight: float = 1.0,            # lambda of the Region Attention loss
                  ral_mean: float = 0.01,             # target radius |delta| ~ N(ral_mean, ral_std^2), normalised units
-                 ral_std: float = 0.005,
+                 ral_std: float = 0.005,             # standard deviation of the target radius
                  variance: float = 0.9999,           # variance kept by the shape PCA
                  n_std: float = 3.0,                 # clamp of the PCA scores, in standard deviations
-                 z_threshold: float = 2.0,           # Z: abnormal-detection threshold, in units of `spacing` (paper: 2 mm)
+                 z_threshold: float = 2.0,           # Z: abnormal-detection threshold, units of `spacing` (paper: 2 mm)
                  spacing=None,                       # pixel size of the network input, (x, y[, z]) order; None: pixels
                  augment: bool = True,               # random similarity transforms during training
-                 batch_size: int = 8,
-                 lr: float = 1e-3,
-                 weight_decay: float = 0.0,
+                 batch_size: int = 8,                # images per step
+                 lr: float = 1e-3,                   # Adam learning rate (cosine schedule in every phase)
+                 weight_decay: float = 0.0,          # Adam weight decay
                  channels: Sequence[int] = (16, 32, 64, 128),  # widths of the default UNet
                  out_bias: float = -4.0,             # initial output bias of the default UNet (dark heatmaps)
-                 device: str = "auto",
-                 random_state: int = 0,
-                 progress: bool = True,
-                 train_options: dict | None = None):  # more TrainConfig settings: accumulate, amp, compile, checkpoint, resume...
+                 device: str = "auto",               # 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
+                 random_state: int = 0,              # seed of the network's initialisation, batches and augmentation
+                 progress: bool = True,              # print the phases and show progress bars
+                 train_options: dict | None = None,  # more TrainConfig settings: accumulate, amp, checkpoint, ...
+                ):
         self.backbone, self.n_landmarks = backbone, n_landmarks
-        self.self_training, self.shape_regulation, self.region_attention = self_training, shape_regulation, region_attention
-        self.rounds, self.epochs_pretrain, self.epochs_round, self.epochs_finetune = rounds, epochs_pretrain, epochs_round, epochs_finetune
+        self.self_training, self.shape_regulation = self_training, shape_regulation
+        self.region_attention, self.rounds = region_attention, rounds
+        self.epochs_pretrain, self.epochs_round, self.epochs_finetune = epochs_pretrain, epochs_round, epochs_finetune
         self.ral_weight, self.ral_mean, self.ral_std = ral_weight, ral_mean, ral_std
         self.variance, self.n_std, self.z_threshold, self.spacing = variance, n_std, z_threshold, spacing
         self.augment, self.batch_size, self.lr, self.weight_decay = augment, batch_size, lr, weight_decay
-        self.channels, self.out_bias = tuple(channels), out_bias
-        self.device, self.random_state, self.progress = device, random_state, progress
-        self.train_options = train_options
+        self.channels, self.out_bias, self.device, self.random_state = channels, out_bias, device, random_state
+        self.progress, self.train_options = progress, train_options
 
-    def get_params(self) -> dict:
-        "Constructor parameters except the backbone module."
-        return {k: getattr(self, k) for k in _PARAMS}
+# %% ../nbs/30_semisup.ipynb #a91686c7
+def _as_landmarks(lm, name, n, K, d, allow_nan=False) -> torch.Tensor:
+    "Landmarks (n, K, d) as float32, normalised; NaN only where allowed (the hidden truth may have gaps)."
+    P = as_points(lm, name, n=n, d=d, finite=not allow_nan)
+    if K is not None: check_shape(P, "n K d", name, K=K)
+    fin = np.isfinite(P)
+    if (np.abs(P[fin]) > 1.5).any():
+        raise InputError(f"{name}: coordinates up to {float(np.abs(P[fin]).max()):.3g} in absolute value; "
+                         f"landmarks must be normalised [-1, 1] (x, y[, z]) (convert pixel indices with "
+                         f"shape_nb.core.index_to_norm)")
+    return torch.as_tensor(P, dtype=torch.float32)
 
-    def set_params(self, **params) -> "SemiSupervisedDetector":
-        "Set constructor parameters (e.g. `**ABLATIONS['naive']`)."
-        for k, v in params.items():
-            if k not in _PARAMS + ["backbone"]: raise InputError(f"unknown parameter {k!r}; valid: {', '.join(['backbone'] + _PARAMS)}")
-            setattr(self, k, v)
-        return self
+def _like(x, ref, name) -> torch.Tensor:
+    "Images `x` checked to have the size of the labelled images `ref`."
+    if tuple(x.shape[1:]) != tuple(ref.shape[1:]):
+        raise InputError(f"{name}: expected images of shape {tuple(ref.shape[1:])} like the labelled ones, "
+                         f"got {tuple(x.shape[1:])}; resize them to one size")
+    return x
 
-    # -- helpers --------------------------------------------------------------------------------------
-    def _spacing(self, d):
-        s = np.ones(d) if self.spacing is None else np.asarray(self.spacing, dtype=np.float64)
-        if s.ndim == 0: s = np.full(d, float(s))
-        if s.shape != (d,) or not (s > 0).all():
-            raise InputError(f"spacing must be None, a positive number or {d} positive numbers (x, y[, z]), got {self.spacing!r}")
-        return s
+@patch
+def _check_params(self: SemiSupervisedDetector):
+    "Refuse parameter values that training cannot use."
+    for k in ("rounds", "epochs_pretrain", "epochs_round", "epochs_finetune"):
+        v = getattr(self, k)
+        if not isinstance(v, (int, np.integer)) or v < 0: raise InputError(f"{k} must be an int >= 0, got {v!r}")
+    if self.ral_weight < 0 or self.ral_mean < 0 or self.ral_std < 0:
+        raise InputError("ral_weight, ral_mean and ral_std must be >= 0")
+    if not 0 < self.variance <= 1: raise InputError(f"variance must be in (0, 1], got {self.variance}")
+    if not self.z_threshold > 0: raise InputError(f"z_threshold must be > 0, got {self.z_threshold}")
+    if self.batch_size < 1: raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def to_physical(self, landmarks) -> np.ndarray:
-        "Normalised landmarks (n, K, d) -> physical units of the network input (pixel indices times `spacing`)."
-        self._check_fitted()
-        x = np.asarray(landmarks.detach().cpu().double() if torch.is_tensor(landmarks) else landmarks, dtype=np.float64)
-        return norm_to_index(x, self.image_shape_[1:]) * self.spacing_
+@patch
+def _check_data(self: SemiSupervisedDetector, images, landmarks, unlabelled=None, unlabelled_landmarks=None,
+                validation=None) -> tuple:
+    "`fit`'s checked data: (images, landmarks, unlabelled or None, their truth or None, validation pair or None)."
+    self._check_params()
+    xl = as_images(images, "images")
+    n, d = len(xl), xl.ndim - 2
+    yl = _as_landmarks(landmarks, "landmarks", n, self.n_landmarks, d)
+    K = yl.shape[1]
+    xu = None if unlabelled is None else _like(as_images(unlabelled, "unlabelled"), xl, "unlabelled")
+    if self.self_training and (xu is None or len(xu) == 0) and self.rounds > 0:
+        raise InputError("self_training=True needs unlabelled images: pass unlabelled=..., or use self_training=False "
+                         "(supervised training only)")
+    truth = val = None
+    if unlabelled_landmarks is not None:
+        if xu is None: raise InputError("unlabelled_landmarks given without unlabelled images")
+        truth = _as_landmarks(unlabelled_landmarks, "unlabelled_landmarks", len(xu), K, d, allow_nan=True)
+    if validation is not None:
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise InputError("validation must be a pair (images, landmarks) of labelled validation images")
+        xv = _like(as_images(validation[0], "validation images"), xl, "validation images")
+        val = (xv, _as_landmarks(validation[1], "validation landmarks", len(xv), K, d))
+    return xl, yl, xu, truth, val
 
-    def from_physical(self, points) -> np.ndarray:
-        "Physical units -> normalised landmarks; inverse of `to_physical`."
-        self._check_fitted()
-        return index_to_norm(np.asarray(points, dtype=np.float64) / self.spacing_, self.image_shape_[1:])
+# %% ../nbs/30_semisup.ipynb #d93e0f75
+@patch
+def _spacing(self: SemiSupervisedDetector, d: int) -> np.ndarray:
+    "`spacing` as d positive numbers (x, y[, z]); ones when None."
+    s = np.ones(d) if self.spacing is None else np.asarray(self.spacing, dtype=np.float64)
+    if s.ndim == 0: s = np.full(d, float(s))
+    if s.shape != (d,) or not (s > 0).all():
+        raise InputError(f"spacing must be None, a positive number or {d} positive numbers (x, y[, z]), "
+                         f"got {self.spacing!r}")
+    return s
 
-    def _check_params(self):
-        for k in ("rounds", "epochs_pretrain", "epochs_round", "epochs_finetune"):
-            v = getattr(self, k)
-            if not isinstance(v, (int, np.integer)) or v < 0: raise InputError(f"{k} must be an int >= 0, got {v!r}")
-        if self.ral_weight < 0 or self.ral_mean < 0 or self.ral_std < 0:
-            raise InputError("ral_weight, ral_mean and ral_std must be >= 0")
-        if not 0 < self.variance <= 1: raise InputError(f"variance must be in (0, 1], got {self.variance}")
-        if not self.z_threshold > 0: raise InputError(f"z_threshold must be > 0, got {self.z_threshold}")
-        if self.batch_size < 1: raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+@patch
+def to_physical(self: SemiSupervisedDetector, landmarks) -> np.ndarray:
+    "Normalised landmarks (n, K, d) -> physical units of the network input (pixel indices times `spacing`)."
+    self._check_fitted()
+    return norm_to_index(to_numpy(landmarks), self.image_shape_[1:]) * self.spacing_
 
-    def _heatmaps(self, model, x):
-        h = model(x)
-        want = (x.shape[0], self.n_landmarks_, *x.shape[2:])
-        if not torch.is_tensor(h) or tuple(h.shape) != want:
-            raise InputError(f"backbone: expected heatmaps of shape {want} (B, K, *spatial) for input {tuple(x.shape)}, "
-                             f"got {tuple(h.shape) if torch.is_tensor(h) else type(h).__name__}")
-        return h
+@patch
+def from_physical(self: SemiSupervisedDetector, points) -> np.ndarray:
+    "Physical units -> normalised landmarks; inverse of `to_physical`."
+    self._check_fitted()
+    return index_to_norm(to_numpy(points) / self.spacing_, self.image_shape_[1:])
 
-    def _train(self, x, y, m, epochs, use_ral, seed, phase, stage):
-        "Train `model_` for `epochs` on images x with labels y and masks m; returns the History."
-        if epochs == 0 or len(x) == 0: return History(stopped="skipped (0 epochs)")
-        bs, n = self.batch_size, len(x)
-        order = lambda e: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))   # a function of the epoch: resumable
-        batches = lambda e: [dict(x=x[i], y=y[i], m=m[i]) for i in order(e).split(bs)]
+# %% ../nbs/30_semisup.ipynb #ae9772db
+@patch
+def _heatmaps(self: SemiSupervisedDetector, model, x):
+    "The heatmaps `model(x)`, checked to be (B, K, *S)."
+    h = model(x)
+    want = (x.shape[0], self.n_landmarks_, *x.shape[2:])
+    if not torch.is_tensor(h) or tuple(h.shape) != want:
+        raise InputError(f"backbone: expected heatmaps of shape {want} (B, K, *spatial) for input {tuple(x.shape)}, "
+                         f"got {tuple(h.shape) if torch.is_tensor(h) else type(h).__name__}")
+    return h
 
-        def step(model, b):
-            xi, yi, mi = b["x"], b["y"], b["m"]
-            if model.training and self.augment:
-                xi, yi, inside = random_similarity(xi, yi)
-                mi = mi & inside
-            h = self._heatmaps(model, xi)
-            coords, _ = integral_coordinates(h)
-            l1 = coordinate_l1(coords, yi, mi)
-            if not use_ral: return l1, dict(l1=l1.detach())
-            ral = region_attention_loss(h, yi, mask=mi, mean=self.ral_mean, std=self.ral_std)
-            return l1 + self.ral_weight * ral, dict(l1=l1.detach(), ral=ral.detach())
+@patch
+def _setup(self: SemiSupervisedDetector, xl, yl):
+    "Learned sizes, units, device, whitener, shape prior and a new network (seeded by `random_state`); returns self."
+    K, d = yl.shape[1], yl.shape[2]
+    self.spacing_ = self._spacing(d)
+    self.n_landmarks_, self.d_, self.image_shape_ = K, d, tuple(xl.shape[1:])
+    self.device_ = train_device(self.device, self.train_options)
+    self.landmark_names_ = None
+    seed_everything(self.random_state)
+    self.whitener_ = Whitener(per_image=True)
+    self.prior_ = ShapePrior(self.variance, self.n_std).fit(self.to_physical(yl)) if self.shape_regulation else None
+    if self.backbone is None: self.model_ = UNet(K, d, channels=self.channels, out_bias=self.out_bias)
+    else: self.model_ = copy.deepcopy(self.backbone)
+    self.model_.to(self.device_)
+    with torch.no_grad():   # fail early on a wrong backbone
+        self._heatmaps(self.model_.eval(), self.whitener_.transform(xl[:1]).to(self.device_))
+    return self
 
-        cfg = train_config(self.train_options, stage, epochs=epochs, lr=self.lr, weight_decay=self.weight_decay,
-                           device=str(self.device_), seed=seed, progress=self.progress)
-        if self.progress: print(f"{phase}: {epochs} epochs on {n} images")
-        return fit(self.model_, step, batches, None, cfg)
+# %% ../nbs/30_semisup.ipynb #e27f7c86
+def _ones(t): return torch.ones(t.shape[:2], dtype=torch.bool)
 
-    @torch.no_grad()
-    def _predict_norm(self, xw, batch_size=16, heatmaps=False):
-        self.model_.eval()
-        lm, hm = [], []
+@patch
+def _train(self: SemiSupervisedDetector,
+           x, y, m,           # images (whitened), labels and (n, K) landmark masks
+           epochs: int,       # epochs of this phase (0: skipped)
+           use_ral: bool,     # add the Region Attention loss
+           seed: int,         # seed of the phase (batch order, augmentation, radii)
+           phase: str,        # name printed with `progress`
+           stage: str,        # name of the phase's training-state file (`train_options` checkpoint)
+           val=None,          # (images (whitened), labels) to validate on every epoch
+          ) -> History:
+    "Train `model_` for one phase; returns its History."
+    if epochs == 0 or len(x) == 0: return History(stopped="skipped (0 epochs)")
+    bs, n = self.batch_size, len(x)
+    order = lambda e: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))   # resumable
+    batches = lambda e: [dict(x=x[i], y=y[i], m=m[i]) for i in order(e).split(bs)]
+    vb = None if val is None else [dict(x=a, y=b, m=_ones(b)) for a, b in zip(val[0].split(bs), val[1].split(bs))]
+
+    def step(model, b):
+        xi, yi, mi = b["x"], b["y"], b["m"]
+        if model.training and self.augment:
+            xi, yi, inside = random_similarity(xi, yi)
+            mi = mi & inside
+        h = self._heatmaps(model, xi)
+        coords, _ = integral_coordinates(h)
+        l1 = coordinate_l1(coords, yi, mi)
+        if not (use_ral and model.training): return l1, dict(l1=l1.detach())   # validation: the L1 only
+        ral = region_attention_loss(h, yi, mask=mi, mean=self.ral_mean, std=self.ral_std)
+        return l1 + self.ral_weight * ral, dict(l1=l1.detach(), ral=ral.detach())
+
+    cfg = train_config(self.train_options, stage, epochs=epochs, lr=self.lr, weight_decay=self.weight_decay,
+                       device=str(self.device_), seed=seed, progress=self.progress)
+    if self.progress: print(f"{phase}: {epochs} epochs on {n} images")
+    return fit_model(self.model_, step, batches, vb, cfg)
+
+# %% ../nbs/30_semisup.ipynb #911071e7
+@patch
+def _predict_norm(self: SemiSupervisedDetector, xw, batch_size=16, heatmaps=False):
+    "Landmarks (and heatmaps when asked) of whitened images, on the CPU."
+    self.model_.eval()
+    lm, hm = [], []
+    with torch.no_grad():
         for b in xw.split(batch_size):
             h = self._heatmaps(self.model_, b.to(self.device_))
             lm.append(integral_coordinates(h)[0].cpu())
             if heatmaps: hm.append(h.cpu())
-        return torch.cat(lm), (torch.cat(hm) if heatmaps else None)
+    return torch.cat(lm), (torch.cat(hm) if heatmaps else None)
 
-    def _mre(self, pred, truth, keep=None):
-        "Mean radial error in physical units, ignoring NaN truths (and `keep == False`)."
-        r = np.sqrt(((self.to_physical(pred) - self.to_physical(truth)) ** 2).sum(-1))
-        ok = np.isfinite(r) if keep is None else np.isfinite(r) & keep
-        return float(r[ok].mean()) if ok.any() else float("nan")
+@patch
+def _mre(self: SemiSupervisedDetector, pred, truth, keep=None) -> float:
+    "Mean radial error in physical units, ignoring NaN truths (and `keep == False`)."
+    r = np.sqrt(((self.to_physical(pred) - self.to_physical(truth)) ** 2).sum(-1))
+    ok = np.isfinite(r) if keep is None else np.isfinite(r) & keep
+    return float(r[ok].mean()) if ok.any() else float("nan")
 
-    # -- training -------------------------------------------------------------------------------------
-    def fit(self, labelled_images,          # (n_l, 1, *S) images with landmarks
-            landmarks,                      # (n_l, K, d) their landmarks, normalised (x, y[, z])
-            unlabelled_images=None,         # (n_u, 1, *S) images without landmarks (needed for self-training)
-            unlabelled_landmarks=None,      # (n_u, K, d) hidden truth, only to record the pseudo-label error per round
-           ):
-        "Pre-train, self-train for `rounds` rounds with regulated pseudo labels, fine-tune; returns self."
-        self._check_params()
-        xl = _as_images(labelled_images, "labelled_images")
-        n, d = len(xl), xl.ndim - 2
-        yl = _as_landmarks(landmarks, n, self.n_landmarks, d, "landmarks")
-        K = yl.shape[1]
-        xu = None
-        if unlabelled_images is not None:
-            xu = _as_images(unlabelled_images, "unlabelled_images")
-            if tuple(xu.shape[1:]) != tuple(xl.shape[1:]):
-                raise InputError(f"unlabelled_images: expected images of shape {tuple(xl.shape[1:])} like the labelled ones, "
-                                 f"got {tuple(xu.shape[1:])}; resize them to one size")
-        if self.self_training and (xu is None or len(xu) == 0) and self.rounds > 0:
-            raise InputError("self_training=True needs unlabelled_images; pass them, or use self_training=False "
-                             "(supervised training only)")
-        truth = None
-        if unlabelled_landmarks is not None:
-            if xu is None: raise InputError("unlabelled_landmarks given without unlabelled_images")
-            truth = _as_landmarks(unlabelled_landmarks, len(xu), K, d, "unlabelled_landmarks", allow_nan=True)
-        self.spacing_ = self._spacing(d)
-        self.n_landmarks_, self.d_, self.image_shape_ = K, d, tuple(xl.shape[1:])
-        self.device_ = train_device(self.device, self.train_options)
-        seed_everything(self.random_state)
-        self.whitener_ = Whitener(per_image=True)
-        xlw = self.whitener_.transform(xl)
-        xuw = self.whitener_.transform(xu) if xu is not None else None
-        self.prior_ = ShapePrior(self.variance, self.n_std).fit(self.to_physical(yl)) if self.shape_regulation else None
-        if self.backbone is None:
-            self.model_ = UNet(K, d, channels=self.channels, out_bias=self.out_bias)
-        else:
-            self.model_ = copy.deepcopy(self.backbone)
-        self.model_.to(self.device_)
-        with torch.no_grad(): self._heatmaps(self.model_.eval(), xlw[:1].to(self.device_))   # fail early on a wrong backbone
-        ones = lambda t: torch.ones(t.shape[:2], dtype=torch.bool)
-        seed = self.random_state
-        self.histories_ = {"pretrain": self._train(xlw, yl, ones(yl), self.epochs_pretrain, False, seed, "pre-training", "pretrain")}
-        self.rounds_ = []
-        if self.self_training:
-            for r in range(1, self.rounds + 1):
-                alpha, _ = self._predict_norm(xuw)
-                rec = dict(round=r, n_unlabelled=len(xuw))
-                if self.shape_regulation:
-                    reg = self.prior_.regulate(self.to_physical(alpha), self.z_threshold)
-                    pseudo = torch.as_tensor(self.from_physical(reg.landmarks), dtype=torch.float32)
-                    keep = torch.as_tensor(reg.keep)
-                    rec.update(frac_abnormal_images=float(reg.abnormal.mean()), frac_masked_landmarks=float(1 - reg.keep.mean()),
-                               mean_shift=float(reg.moved.mean()), z_threshold=float(self.z_threshold))
-                else:
-                    pseudo, keep = alpha, ones(alpha)
-                    rec.update(frac_abnormal_images=0.0, frac_masked_landmarks=0.0)
-                if truth is not None:
-                    rec.update(mre_raw=self._mre(alpha, truth), mre_pseudo=self._mre(pseudo, truth),
-                               mre_pseudo_kept=self._mre(pseudo, truth, keep.numpy()))
-                hist = self._train(torch.cat([xlw, xuw]), torch.cat([yl, pseudo]), torch.cat([ones(yl), keep]),
-                                   self.epochs_round, self.region_attention, seed + r, f"self-training round {r}", f"round_{r}")
-                rec["train_loss"] = hist.records[-1]["train_loss"] if hist.records else float("nan")
-                self.rounds_.append(rec)
-                self.histories_[f"round_{r}"] = hist
-        self.histories_["finetune"] = self._train(xlw, yl, ones(yl), self.epochs_finetune, self.region_attention,
-                                                  seed + 1000, "fine-tuning", "finetune")
-        if truth is not None:
-            self.unlabelled_mre_ = self._mre(self._predict_norm(xuw)[0], truth)
-        self.model_.eval()
-        return self
+@patch
+def _regulate(self: SemiSupervisedDetector, alpha) -> tuple:
+    "Pseudo labels from predictions `alpha`: (labels, (n, K) keep, Regulated), shape-regulated when there is a prior."
+    if self.prior_ is None: return alpha, _ones(alpha), None
+    reg = self.prior_.regulate(self.to_physical(alpha), self.z_threshold)
+    return torch.as_tensor(self.from_physical(reg.landmarks), dtype=torch.float32), torch.as_tensor(reg.keep), reg
 
-    def _check_fitted(self):
-        if not hasattr(self, "image_shape_"):
-            raise RuntimeError("this SemiSupervisedDetector is not fitted yet: call fit(...) or load(path) first")
+@patch
+def _round(self: SemiSupervisedDetector, r: int, xlw, yl, xuw, truth=None, val=None) -> tuple:
+    "Self-training round `r` on whitened labelled and unlabelled images; returns (diagnostics, History)."
+    alpha, _ = self._predict_norm(xuw)
+    pseudo, keep, reg = self._regulate(alpha)
+    rec = dict(round=r, n_unlabelled=len(xuw))
+    if reg is not None:
+        rec.update(frac_abnormal_images=float(reg.abnormal.mean()), frac_masked_landmarks=float(1 - reg.keep.mean()),
+                   mean_shift=float(reg.moved.mean()), z_threshold=float(self.z_threshold))
+    else: rec.update(frac_abnormal_images=0.0, frac_masked_landmarks=0.0)
+    if truth is not None:
+        rec.update(mre_raw=self._mre(alpha, truth), mre_pseudo=self._mre(pseudo, truth),
+                   mre_pseudo_kept=self._mre(pseudo, truth, keep.numpy()))
+    hist = self._train(torch.cat([xlw, xuw]), torch.cat([yl, pseudo]), torch.cat([_ones(yl), keep]), self.epochs_round,
+                       self.region_attention, self.random_state + r, f"self-training round {r}", f"round_{r}", val)
+    rec["train_loss"] = hist.records[-1]["train_loss"] if hist.records else float("nan")
+    return rec, hist
 
-    def predict(self, images,                 # (n, 1, *S) images of the training size
-                batch_size: int = 16,
-                return_heatmaps: bool = True,  # False: heatmaps are None (saves memory)
-               ) -> tuple:                     # ((n, K, d) normalised landmarks, (n, K, *S) heatmaps or None)
-        "Landmarks (normalised (x, y[, z])) and heatmaps of new images."
-        self._check_fitted()
-        x = _as_images(images)
-        if tuple(x.shape[1:]) != self.image_shape_:
-            raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
-                             f"resize them first (e.g. shape_nb.io.read_images(..., resize={self.image_shape_[1:]}))")
-        return self._predict_norm(self.whitener_.transform(x), batch_size, return_heatmaps)
+# %% ../nbs/30_semisup.ipynb #a7bbc8ba
+@patch
+def fit(self: SemiSupervisedDetector,
+        images,                     # (n_l, 1, *S) labelled images
+        landmarks,                  # (n_l, K, d) their landmarks, normalised (x, y[, z])
+        *,
+        unlabelled=None,            # (n_u, 1, *S) images without landmarks (needed for self-training)
+        unlabelled_landmarks=None,  # (n_u, K, d) hidden truth of `unlabelled`, only to record pseudo-label errors
+        validation=None,            # (images, landmarks) to validate on: every phase keeps its best epoch
+       ):
+    "Pre-train, self-train for `rounds` rounds with regulated pseudo labels, fine-tune; returns self."
+    xl, yl, xu, truth, val = self._check_data(images, landmarks, unlabelled, unlabelled_landmarks, validation)
+    self._setup(xl, yl)
+    w = self.whitener_.transform
+    xlw, xuw = w(xl), (None if xu is None else w(xu))
+    if val is not None: val = (w(val[0]), val[1])
+    seed = self.random_state
+    self.history_ = {"pretrain": self._train(xlw, yl, _ones(yl), self.epochs_pretrain, False, seed, "pre-training",
+                                             "pretrain", val)}
+    self.rounds_ = []
+    for r in range(1, self.rounds + 1 if self.self_training else 1):
+        rec, self.history_[f"round_{r}"] = self._round(r, xlw, yl, xuw, truth, val)
+        self.rounds_.append(rec)
+    self.history_["finetune"] = self._train(xlw, yl, _ones(yl), self.epochs_finetune, self.region_attention,
+                                            seed + 1000, "fine-tuning", "finetune", val)
+    if truth is not None: self.unlabelled_mre_ = self._mre(self._predict_norm(xuw)[0], truth)
+    self.model_.eval()
+    return self
 
-    def pseudo_labels(self, images) -> tuple:  # ((n, K, d) normalised labels, (n, K) bool keep, Regulated or None)
-        "Pseudo labels of images as in a self-training round: predictions, shape-regulated when `shape_regulation`."
-        alpha, _ = self.predict(images, return_heatmaps=False)
-        if getattr(self, "prior_", None) is None: return alpha, torch.ones(alpha.shape[:2], dtype=torch.bool), None
-        reg = self.prior_.regulate(self.to_physical(alpha), self.z_threshold)
-        return torch.as_tensor(self.from_physical(reg.landmarks), dtype=torch.float32), torch.as_tensor(reg.keep), reg
+# %% ../nbs/30_semisup.ipynb #0072e4ff
+@patch
+def _whitened(self: SemiSupervisedDetector, images) -> torch.Tensor:
+    "New images, checked to have the training size, standardised."
+    self._check_fitted()
+    x = as_images(images)
+    if tuple(x.shape[1:]) != self.image_shape_:
+        raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
+                         f"resize them first (e.g. shape_nb.io.read_images(..., resize={self.image_shape_[1:]}))")
+    return self.whitener_.transform(x)
 
-    # -- persistence ----------------------------------------------------------------------------------
-    def save(self, path, **extra) -> Path:
-        "Write one checkpoint (weights, parameters, shape prior, diagnostics; `extra` plain values such as label names)."
-        self._check_fitted()
-        arch = getattr(self.model_, "arch", None) if isinstance(self.model_, UNet) else None
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
-        if params["spacing"] is not None: params["spacing"] = np.asarray(params["spacing"], dtype=np.float64).tolist()
-        return save_checkpoint(path, self.model_, params, unet=arch, image_shape=list(self.image_shape_),
-                               n_landmarks=self.n_landmarks_, d=self.d_, spacing=self.spacing_.tolist(),
-                               prior=None if self.prior_ is None else self.prior_.state_dict(), rounds=self.rounds_,
-                               histories={k: h.records for k, h in self.histories_.items()}, user=extra)
+@patch
+def predict(self: SemiSupervisedDetector,
+            images,                # (n, 1, *S) images of the training size
+            batch_size: int = 16,  # images per forward pass
+           ) -> torch.Tensor:      # (n, K, d) landmarks, normalised (x, y[, z])
+    "Landmarks of new images (integral coordinates of their heatmaps)."
+    return self._predict_norm(self._whitened(images), batch_size)[0]
 
-    @classmethod
-    def load(cls, path, backbone: nn.Module | None = None,  # the architecture, needed when it was not the default UNet
-             device: str = "cpu") -> "SemiSupervisedDetector":
-        "Rebuild a fitted detector from `save`'s checkpoint."
-        ck = load_checkpoint(path)
-        ex = ck["extra"]
-        if "image_shape" not in ex or "n_landmarks" not in ex:
-            raise InputError(f"{path} is a shape_nb checkpoint but not one of SemiSupervisedDetector.save")
-        params = {k: (tuple(v) if k == "channels" else v) for k, v in ck["config"].items() if k in _PARAMS}
-        self = cls(**{**params, "device": device})
-        if ex["unet"] is not None:
-            model = UNet(**{k: (tuple(v) if k == "channels" else v) for k, v in ex["unet"].items()})
-        elif backbone is not None:
-            model = copy.deepcopy(backbone)
-        else:
-            raise InputError(f"{path} holds a custom backbone's weights: pass backbone=<a module of the same architecture>")
-        model.load_state_dict(ck["state_dict"])
-        self.device_ = get_device(device)
-        self.model_ = model.to(self.device_).eval()
-        self.image_shape_, self.n_landmarks_, self.d_ = tuple(ex["image_shape"]), int(ex["n_landmarks"]), int(ex["d"])
-        self.spacing_ = np.asarray(ex["spacing"], dtype=np.float64)
-        self.whitener_ = Whitener(per_image=True)
-        self.prior_ = None if ex["prior"] is None else ShapePrior.from_state_dict(ex["prior"])
-        self.rounds_ = ex["rounds"]
-        self.histories_ = {k: History(records=v) for k, v in ex["histories"].items()}
-        self.user_ = ex.get("user", {})
-        return self
+@patch
+def predict_heatmaps(self: SemiSupervisedDetector,
+                     images,                # (n, 1, *S) images of the training size
+                     batch_size: int = 16,  # images per forward pass
+                    ) -> torch.Tensor:      # (n, K, *S) non-negative heatmaps
+    "Heatmaps of new images, one per landmark."
+    return self._predict_norm(self._whitened(images), batch_size, heatmaps=True)[1]
+
+# %% ../nbs/30_semisup.ipynb #7fa15219
+@patch
+def pseudo_labels(self: SemiSupervisedDetector,
+                  images,        # (n, 1, *S) unlabelled images of the training size
+                 ) -> tuple:     # ((n, K, d) normalised labels, (n, K) bool keep, Regulated or None)
+    "Pseudo labels of images as in a self-training round: predictions, shape-regulated when `shape_regulation`."
+    return self._regulate(self.predict(images))
+
+# %% ../nbs/30_semisup.ipynb #7d37b4a1
+@patch
+def _get_state(self: SemiSupervisedDetector) -> dict:
+    "The learned state besides the weights: UNet architecture (None: custom backbone), sizes, units, prior, rounds."
+    arch = getattr(self.model_, "arch", None) if isinstance(self.model_, UNet) else None
+    return dict(unet=arch, n_landmarks=self.n_landmarks_, d=self.d_, image_shape=list(self.image_shape_),
+                spacing=self.spacing_, prior=None if self.prior_ is None else self.prior_.state_dict(),
+                rounds=self.rounds_, landmark_names=self.landmark_names_,
+                unlabelled_mre=getattr(self, "unlabelled_mre_", None))
+
+@patch
+def _set_state(self: SemiSupervisedDetector, state: dict, weights: dict, device: torch.device):
+    "Rebuild `model_` (the saved UNet, or a copy of `backbone`) on `device`, and the learned attributes."
+    if state["unet"] is not None:
+        self.model_ = UNet(**{k: (tuple(v) if k == "channels" else v) for k, v in state["unet"].items()})
+    elif self.backbone is not None: self.model_ = copy.deepcopy(self.backbone)
+    else: raise InputError("this checkpoint holds the weights of a custom backbone: load it with "
+                           "SemiSupervisedDetector.load(path, backbone=<a module of the same architecture>)")
+    self.model_.load_state_dict(weights)
+    self.device_ = device
+    self.model_.to(device).eval()
+    self.n_landmarks_, self.d_ = int(state["n_landmarks"]), int(state["d"])
+    self.image_shape_, self.spacing_ = tuple(state["image_shape"]), to_numpy(state["spacing"])
+    self.whitener_ = Whitener(per_image=True)
+    self.prior_ = None if state["prior"] is None else ShapePrior.from_state_dict(state["prior"])
+    self.rounds_, self.landmark_names_ = state["rounds"], state["landmark_names"]
+    if state["unlabelled_mre"] is not None: self.unlabelled_mre_ = state["unlabelled_mre"]
 
 # %% ../nbs/30_semisup.ipynb #796821f2
 def _read_set(source, size, what):
-    "Images resized to `size`, their original shapes and spacings (x, y) after resizing."
-    from shape_nb.io import read_image, read_images
+    "Images resized to `size` and their original shapes."
     ims = read_images(source, resize=size)
     if ims[0].ndim != 2:
         raise InputError(f"{what}: LabelMe landmarks are 2D but the images in {source} are {ims[0].ndim}D")
     for im in ims:   # each image is standardised by its own std: a constant one cannot be
         if im.array.max() == im.array.min():
-            raise InputError(f"{im.path}: the image is constant (every pixel is {float(im.array.flat[0])}), so its std is 0 "
-                             f"and it cannot be standardised; check the file, or leave it out")
+            raise InputError(f"{im.path}: the image is constant (every pixel is {float(im.array.flat[0])}), so its std "
+                             f"is 0 and it cannot be standardised; check the file, or leave it out")
     return ims, [read_image(im.path).shape for im in ims]
-
-def _stem(path) -> str:
-    "File name without its image extension (.nii.gz counts as one)."
-    from shape_nb.io import IMAGE_EXTENSIONS
-    name = Path(path).name
-    for e in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(e): return name[: -len(e)]
-    return Path(path).stem
 
 def _label_order(files):
     "The most common list of point labels among LabelMe files (the intended landmark set)."
-    from shape_nb.io import read_labelme
     counts = {}
     for f in files:
         try: counts.setdefault(tuple(read_labelme(f)[1]), []).append(f)
@@ -521,32 +546,20 @@ def _label_order(files):
         raise InputError(f"the most common label list {list(best)} has duplicates; pass labels=[...] explicitly")
     return list(best)
 
-def train_from_folders(labelled_dir,                 # folder (or glob) of labelled 2D images
-                       labels_dir,                   # folder of LabelMe .json files named like the images (001.png <-> 001.json)
-                       unlabelled_dir=None,          # folder (or glob) of unlabelled images (needed for self-training)
-                       out="semisup_out",            # output folder: semisup.pt, summary.json, unlabelled_landmarks.csv
-                       size: Sequence[int] = (192, 160),  # (H, W) the images are resized to for training
-                       labels: Sequence[str] | None = None,  # LabelMe labels to use, in order (default: the common set)
-                       on_bad_labels: str = "error", # 'error' or 'skip': LabelMe files with missing/duplicate labels
-                       **params,                     # `SemiSupervisedDetector` parameters (epochs, rounds, z_threshold, ...)
-                      ) -> dict:
-    "Train a semi-supervised detector from image folders and LabelMe files; write the checkpoint and a summary; return the summary."
-    from shape_nb.io import check_landmarks, read_labelme, stack_images, write_landmarks_csv
-    if on_bad_labels not in ("error", "skip"): raise InputError(f"on_bad_labels must be 'error' or 'skip', got {on_bad_labels!r}")
-    size = tuple(int(s) for s in size)
-    if len(size) != 2: raise InputError(f"size must be (H, W) for 2D images with LabelMe landmarks, got {size}")
-    ldir = Path(labels_dir)
+def _read_labelled(images, landmarks, size, labels, on_bad_labels):
+    "Labelled images with valid LabelMe files, their landmarks (normalised), the labels and the skipped files."
+    ldir = Path(images if landmarks is None else landmarks)
     if not ldir.is_dir(): raise MissingFileError(f"labels folder not found: {ldir}; pass the folder that holds the "
-                                                  f"LabelMe .json files (command line: --labels)")
-    ims, shapes = _read_set(labelled_dir, size, "labelled images")
-    files = [ldir / (_stem(im.path) + ".json") for im in ims]
+                                                 f"LabelMe .json files (command line: --labels)")
+    ims, shapes = _read_set(images, size, "labelled images")
+    files = [ldir / (file_stem(im.path) + ".json") for im in ims]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise MissingFileError(f"{len(missing)} labelled image(s) have no LabelMe file in {ldir}: {missing[:5]}"
-                                f"{' ...' if len(missing) > 5 else ''} (expected <image stem>.json)")
+                               f"{' ...' if len(missing) > 5 else ''} (expected <image stem>.json)")
     labels = list(labels) if labels is not None else _label_order(files)
-    keep, pts, skipped = [], [], []
-    for i, (im, f, shp) in enumerate(zip(ims, files, shapes)):
+    kept, pts, skipped = [], [], []
+    for im, f, shp in zip(ims, files, shapes):
         try:
             P, _ = read_labelme(f, labels)
             check_landmarks(P, shp, labels, str(f))
@@ -557,51 +570,77 @@ def train_from_folders(labelled_dir,                 # folder (or glob) of label
             warnings.warn(f"skipping {Path(im.path).name}: {e}")
             skipped.append(dict(image=Path(im.path).name, reason=str(e)))
             continue
-        keep.append(i); pts.append(index_to_norm(P, shp))
-    if len(keep) < 2: raise InputError(f"only {len(keep)} labelled image(s) with valid labels; at least 2 are needed")
-    xl = stack_images([ims[i] for i in keep])
-    yl = np.stack(pts)
-    uims = ushapes = None
-    xu = None
-    if unlabelled_dir is not None:
-        uims, ushapes = _read_set(unlabelled_dir, size, "unlabelled images")
+        kept.append(im); pts.append(index_to_norm(P, shp))
+    if len(kept) < 2: raise InputError(f"only {len(kept)} labelled image(s) with valid labels; at least 2 are needed")
+    return kept, np.stack(pts), labels, skipped
+
+# %% ../nbs/30_semisup.ipynb #abc8b377
+def train_from_folder(images,                  # folder (or glob) of labelled 2D images
+                      landmarks,               # folder of LabelMe .json files named like the images; None: `images`
+                      out="semisup_out",       # output folder: semisup.pt, summary.json, unlabelled_landmarks.csv
+                      *,
+                      unlabelled=None,         # folder (or glob) of unlabelled images (needed for self-training)
+                      size: Sequence[int] = (192, 160),      # (H, W) the images are resized to for training
+                      labels: Sequence[str] | None = None,   # LabelMe labels to use, in order (default: the common set)
+                      on_bad_labels: str = "error",  # 'error' or 'skip': LabelMe files with missing/duplicate labels
+                      overwrite: bool = False, # allow an output folder that already holds files
+                      resume: bool = False,    # continue the interrupted run in `out`
+                      train_options: dict | None = None,  # more TrainConfig settings (accumulate, amp, ...)
+                      **params,                # `SemiSupervisedDetector` parameters (rounds, z_threshold, ...)
+                     ) -> SemiSupervisedDetector:
+    "Train a detector on image folders and LabelMe files; write its checkpoint, a summary and the unlabelled landmarks."
+    if on_bad_labels not in ("error", "skip"):
+        raise InputError(f"on_bad_labels must be 'error' or 'skip', got {on_bad_labels!r}")
+    size = tuple(int(s) for s in size)
+    if len(size) != 2: raise InputError(f"size must be (H, W) for 2D images with LabelMe landmarks, got {size}")
+    out = prepare_out(out, overwrite, resume)
+    kept, yl, labels, skipped = _read_labelled(images, landmarks, size, labels, on_bad_labels)
+    uims = ushapes = xu = None
+    if unlabelled is not None:
+        uims, ushapes = _read_set(unlabelled, size, "unlabelled images")
         xu = stack_images(uims)
-    sp = np.mean([ims[i].spacing for i in keep] + ([u.spacing for u in uims] if uims else []), 0)
+    sp = np.mean([im.spacing for im in kept] + [u.spacing for u in uims or []], 0)
     params.setdefault("spacing", sp.tolist())
-    det = SemiSupervisedDetector(n_landmarks=len(labels), **params).fit(xl, yl, xu)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    det.save(out / "semisup.pt", labels=labels)
-    summary = dict(n_labelled=len(keep), n_unlabelled=0 if xu is None else len(xu), skipped=skipped, labels=labels,
+    opts = run_options(out, resume, train_options)    # the training state lives in `out` until the run finishes
+    det = SemiSupervisedDetector(n_landmarks=len(labels), train_options=opts, **params)
+    det.fit(stack_images(kept), yl, unlabelled=xu)
+    det.set_params(train_options=train_options)   # the checkpoint keeps the user's settings, not this run's state
+    det.landmark_names_ = labels
+    det.save(out / "semisup.pt")
+    summary = dict(n_labelled=len(kept), n_unlabelled=0 if xu is None else len(xu), skipped=skipped, labels=labels,
                    image_shape=list(size), spacing=det.spacing_.tolist(), rounds=det.rounds_,
                    flags={k: getattr(det, k) for k in ("self_training", "shape_regulation", "region_attention")},
                    checkpoint=str(out / "semisup.pt"))
     if xu is not None:
-        lm, _ = det.predict(xu, return_heatmaps=False)
-        idx = [norm_to_index(lm[i].double().numpy(), s) for i, s in enumerate(ushapes)]
+        idx = [norm_to_index(to_numpy(p), s) for p, s in zip(det.predict(xu), ushapes)]
         write_landmarks_csv(out / "unlabelled_landmarks.csv", np.stack(idx), [Path(u.path).name for u in uims], ushapes)
         summary["unlabelled_landmarks"] = str(out / "unlabelled_landmarks.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    finish_out(out)
+    det.summary_ = summary
+    return det
 
-def predict_folder(checkpoint,             # a SemiSupervisedDetector checkpoint (e.g. semisup.pt)
-                   images_dir,             # folder, glob or list of 2D images (any size: resized to the model's)
-                   out="semisup_pred",     # output folder: landmarks.csv (+ LabelMe files with labelme=True)
-                   labelme: bool = False,  # also write one LabelMe .json per image (named like the image)
-                   device: str = "cpu",
+# %% ../nbs/30_semisup.ipynb #aa7bbfc1
+def predict_folder(checkpoint,              # a SemiSupervisedDetector checkpoint (e.g. OUT/semisup.pt)
+                   images,                  # folder, glob or list of 2D images (any size: resized to the model's)
+                   out="semisup_pred",      # output folder: landmarks.csv, summary.json (+ LabelMe files)
+                   *,
+                   labelme: bool = False,   # also write one LabelMe .json per image (named like the image)
+                   device: str = "cpu",     # where the network runs
+                   overwrite: bool = False, # allow an output folder that already holds files
                   ) -> dict:
-    "Detect landmarks on a folder of images; write them as CSV in each image's pixel indices; return a summary."
-    from shape_nb.io import stack_images, write_labelme, write_landmarks_csv
+    "Detect landmarks on a folder of images; write them as CSV in each image's pixel indices; return the summary."
+    out = prepare_out(out, overwrite)
     det = SemiSupervisedDetector.load(checkpoint, device=device)
     if det.d_ != 2: raise InputError(f"{checkpoint}: predict_folder handles 2D detectors, this one is {det.d_}D")
-    ims, shapes = _read_set(images_dir, det.image_shape_[1:], "images")
-    lm, _ = det.predict(stack_images(ims), return_heatmaps=False)
-    idx = np.stack([norm_to_index(lm[i].double().numpy(), s) for i, s in enumerate(shapes)])
+    ims, shapes = _read_set(images, det.image_shape_[1:], "images")
+    idx = np.stack([norm_to_index(to_numpy(p), s) for p, s in zip(det.predict(stack_images(ims)), shapes)])
     names = [Path(im.path).name for im in ims]
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    csv = write_landmarks_csv(out / "landmarks.csv", idx, names, shapes)
-    labels = det.user_.get("labels") if isinstance(det.user_, dict) else None
+    summary = dict(checkpoint=str(checkpoint), n_images=len(ims), n_landmarks=det.n_landmarks_,
+                   labels=det.landmark_names_, names=names,
+                   csv=str(write_landmarks_csv(out / "landmarks.csv", idx, names, shapes)))
     if labelme:
-        for nm, P, s in zip(names, idx, shapes):
-            write_labelme(out / (_stem(nm) + ".json"), P, labels, image_path=nm, image_shape=s)
-    return dict(n_images=len(ims), n_landmarks=det.n_landmarks_, labels=labels, csv=str(csv),
-                landmarks_index=idx, names=names)
+        summary["labelme"] = [str(write_labelme(out / (file_stem(nm) + ".json"), P, det.landmark_names_, image_path=nm,
+                                                image_shape=s)) for nm, P, s in zip(names, idx, shapes)]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

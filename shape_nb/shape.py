@@ -11,11 +11,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .core import check_shape
-
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .core import InputError, patch
+from .core import InputError, as_points, check_shape, patch, to_numpy
 
 # %% auto #0
 __all__ = ['Similarity', 'centroid_size', 'procrustes_align', 'apply_similarity', 'invert_similarity', 'GPA', 'ShapePCA', 'PPCA',
@@ -31,12 +29,7 @@ def _out(y: torch.Tensor, like):
     "Float64 tensor -> the type of `like`: a tensor in its floating dtype, or a numpy float64 array."
     if torch.is_tensor(like):
         return y.to(like.dtype if like.is_floating_point() else torch.get_default_dtype())
-    return y.detach().cpu().numpy()
-
-def _np64(x) -> np.ndarray:
-    "Array or tensor -> numpy float64 array (a copy for tensors)."
-    if torch.is_tensor(x): return x.detach().cpu().to(torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
+    return to_numpy(y)
 
 def _param(a: np.ndarray, like):
     "A learned numpy attribute in the type of `like`: the array itself, or a tensor on `like`'s device and dtype."
@@ -56,7 +49,7 @@ def _check_fitted(est, attr: str):
 
 # %% ../nbs/05_shape.ipynb #a66f57de
 class Similarity(NamedTuple):
-    "Similarity transform `y = scale * rotation @ x + translation`; fields unbatched `()`, `(d, d)`, `(d,)` or batched `(n,)`, `(n, d, d)`, `(n, d)`."
+    "Similarity transform `y = scale * rotation @ x + translation`, unbatched or batched (leading `n` on every field)."
     scale: object        # () or (n,)
     rotation: object     # (d, d) or (n, d, d), a rotation (det +1) unless reflections were allowed
     translation: object  # (d,) or (n, d)
@@ -85,7 +78,8 @@ def procrustes_align(X,                 # (n, K, d) or (K, d) shapes to move
     n = max(Xt.shape[0], Yt.shape[0])
     for name, a in (("X", Xt), ("Y", Yt)):
         if a.shape[0] not in (1, n):
-            raise InputError(f"{name}: batch size {a.shape[0]} does not match the other input's {n} (give equal batch sizes, or one of them as a single shape)")
+            raise InputError(f"{name}: batch size {a.shape[0]} does not match the other input's {n} "
+                             f"(give equal batch sizes, or one of them as a single shape)")
     Xt, Yt = Xt.expand(n, K, d), Yt.expand(n, K, d)
     mx, my = Xt.mean(1, keepdim=True), Yt.mean(1, keepdim=True)
     Xc, Yc = Xt - mx, Yt - my
@@ -130,7 +124,7 @@ def invert_similarity(transform: Similarity,  # from `procrustes_align` or `GPA.
 class GPA(TransformerMixin, BaseEstimator):
     "Generalised Procrustes analysis: align a sample of `(n, K, d)` shapes to their iteratively estimated mean."
     def __init__(self,
-                 scaling: bool = True,      # similarity alignment with the mean rescaled to centroid size 1; False: rigid
+                 scaling: bool = True,      # similarity alignment, mean rescaled to centroid size 1; False: rigid
                  reflection: bool = False,  # allow reflections
                  max_iter: int = 100,       # iterations at most
                  tol: float = 1e-10,        # stop when the mean moves less than this (relative to its size)
@@ -139,8 +133,8 @@ class GPA(TransformerMixin, BaseEstimator):
 
     def fit(self, shapes):  # (n, K, d) array or tensor
         "Estimate `mean_` (K, d), `aligned_` (n, K, d), `transforms_` (batched `Similarity`), `n_iter_`, `converged_`."
-        X = _np64(shapes)
-        n = check_shape(X, "n K d", "shapes", d=(2, 3))["n"]
+        X = as_points(shapes, "shapes")
+        n = len(X)
         if n < 2: raise InputError(f"shapes: GPA needs at least 2 shapes, got {n}")
         mean = X[0] - X[0].mean(0)
         size0 = np.sqrt((mean ** 2).sum())
@@ -157,7 +151,8 @@ class GPA(TransformerMixin, BaseEstimator):
             if change < self.tol: break
         self.converged_ = bool(change < self.tol)
         if not self.converged_:
-            warnings.warn(f"GPA did not converge in {self.max_iter} iterations (last relative change {change:.2e} > tol {self.tol}); increase max_iter")
+            warnings.warn(f"GPA did not converge in {self.max_iter} iterations (last relative change {change:.2e} "
+                          f"> tol {self.tol}); increase max_iter")
         self.aligned_, self.transforms_ = procrustes_align(X, mean, self.scaling, self.reflection)
         self.mean_, self.n_iter_ = mean, it
         return self
@@ -175,17 +170,18 @@ class GPA(TransformerMixin, BaseEstimator):
         self.fit(shapes)
         return _out(torch.from_numpy(self.aligned_), shapes)
 
-# %% ../nbs/05_shape.ipynb #b39b1209
+# %% ../nbs/05_shape.ipynb #889f759c
 class ShapePCA(TransformerMixin, BaseEstimator):
     "PCA of `(n, K, d)` shapes (flattened), optionally GPA-aligned first; scikit-learn style."
     def __init__(self,
-                 n_components: int | float | None = None,  # None: all non-zero modes; int; or variance fraction in (0, 1]
-                 align: str | None = None,   # 'gpa' to GPA-align before PCA (and align new shapes to its mean), None: as given
+                 n_components: int | float | None = None,  # None: all non-zero modes; int; variance fraction in (0, 1]
+                 align: str | None = None,   # 'gpa': GPA-align before PCA (and new shapes to its mean); None: as given
                  scaling: bool = True,       # GPA option: similarity (True) or rigid alignment
                  max_iter: int = 100,        # GPA option
                  tol: float = 1e-10,         # GPA option
                 ):
-        self.n_components, self.align, self.scaling, self.max_iter, self.tol = n_components, align, scaling, max_iter, tol
+        self.n_components, self.align, self.scaling = n_components, align, scaling
+        self.max_iter, self.tol = max_iter, tol
 
     def _choose(self, ratio: np.ndarray, rank: int, n: int) -> int:
         "Number of modes from `n_components`, given the variance ratios of the `rank` non-zero modes."
@@ -202,81 +198,94 @@ class ShapePCA(TransformerMixin, BaseEstimator):
             raise InputError(f"n_components as a float is a fraction of variance in (0, 1], got {nc}")
         return min(int(np.searchsorted(np.cumsum(ratio), nc, side="right")) + 1, rank)
 
-    def fit(self, shapes):  # (n, K, d) array or tensor
-        "Fit `mean_` (K, d), `components_` (L, K*d), `explained_variance_`, `explained_variance_ratio_`, `std_`, `n_components_`."
-        X = _np64(shapes)
-        dims = check_shape(X, "n K d", "shapes", d=(2, 3))
-        n, K, d = dims["n"], dims["K"], dims["d"]
-        if n < 2: raise InputError(f"shapes: PCA needs at least 2 shapes, got {n}")
-        if self.align == "gpa":
-            self.gpa_ = GPA(self.scaling, max_iter=self.max_iter, tol=self.tol).fit(X)
-            X = self.gpa_.aligned_
-        elif self.align is None:
-            self.gpa_ = None
-        else:
-            raise InputError(f"align must be 'gpa' or None, got {self.align!r}")
-        F = X.reshape(n, K * d)
-        mu = F.mean(0)
-        _, S, Vt = np.linalg.svd(F - mu, full_matrices=False)
-        big = np.abs(Vt).argmax(1)
-        Vt *= np.sign(Vt[np.arange(len(Vt)), big])[:, None]
-        rank = int((S > S[0] * max(n, K * d) * np.finfo(np.float64).eps).sum()) if S[0] > 0 else 0
-        if rank == 0: raise InputError("shapes: all shapes are identical (after alignment): there is no variance to analyse")
-        ev = S ** 2 / (n - 1)
-        ratio = ev / ev.sum()
-        L = self._choose(ratio[:rank], rank, n)
-        self.n_shapes_, self.n_points_, self.dim_, self.n_components_ = n, K, d, L
-        self.mean_ = mu.reshape(K, d)
-        self.components_ = Vt[:L].copy()
-        self.eigenvalues_ = ev[:rank].copy()
-        self.explained_variance_ = ev[:L].copy()
-        self.explained_variance_ratio_ = ratio[:L].copy()
-        self.std_ = np.sqrt(self.explained_variance_)
-        return self
+# %% ../nbs/05_shape.ipynb #c50a95a6
+@patch
+def fit(self: ShapePCA, shapes):  # (n, K, d) array or tensor
+    "Fit `mean_` (K, d), `components_` (L, K*d), `explained_variance_`, `..._ratio_`, `std_`, `n_components_`."
+    X = as_points(shapes, "shapes")
+    n, K, d = X.shape
+    if n < 2: raise InputError(f"shapes: PCA needs at least 2 shapes, got {n}")
+    if self.align == "gpa":
+        self.gpa_ = GPA(self.scaling, max_iter=self.max_iter, tol=self.tol).fit(X)
+        X = self.gpa_.aligned_
+    elif self.align is None:
+        self.gpa_ = None
+    else:
+        raise InputError(f"align must be 'gpa' or None, got {self.align!r}")
+    F = X.reshape(n, K * d)
+    mu = F.mean(0)
+    _, S, Vt = np.linalg.svd(F - mu, full_matrices=False)
+    big = np.abs(Vt).argmax(1)
+    Vt *= np.sign(Vt[np.arange(len(Vt)), big])[:, None]
+    rank = int((S > S[0] * max(n, K * d) * np.finfo(np.float64).eps).sum()) if S[0] > 0 else 0
+    if rank == 0:
+        raise InputError("shapes: all shapes are identical (after alignment): there is no variance to analyse")
+    ev = S ** 2 / (n - 1)
+    ratio = ev / ev.sum()
+    L = self._choose(ratio[:rank], rank, n)
+    self.n_shapes_, self.n_points_, self.dim_, self.n_components_ = n, K, d, L
+    self.mean_ = mu.reshape(K, d)
+    self.components_ = Vt[:L].copy()
+    self.eigenvalues_ = ev[:rank].copy()
+    self.explained_variance_ = ev[:L].copy()
+    self.explained_variance_ratio_ = ratio[:L].copy()
+    self.std_ = np.sqrt(self.explained_variance_)
+    return self
 
-    def _deviation(self, shapes):
-        "Aligned (when `align='gpa'`), flattened and centred shapes `(m, K*d)`, in the type of `shapes`."
-        _check_fitted(self, "mean_")
-        x = _floating(shapes)
-        check_shape(x, "m K d", "shapes", K=self.n_points_, d=self.dim_)
-        if self.gpa_ is not None: x = self.gpa_.transform(x)
-        return x.reshape(x.shape[0], -1) - _param(self.mean_.reshape(-1), x)
+# %% ../nbs/05_shape.ipynb #d512c238
+@patch
+def _deviation(self: ShapePCA, shapes):
+    "Aligned (when `align='gpa'`), flattened and centred shapes `(m, K*d)`, in the type of `shapes`."
+    _check_fitted(self, "mean_")
+    x = _floating(shapes)
+    check_shape(x, "m K d", "shapes", K=self.n_points_, d=self.dim_)
+    if self.gpa_ is not None: x = self.gpa_.transform(x)
+    return x.reshape(x.shape[0], -1) - _param(self.mean_.reshape(-1), x)
 
-    def transform(self, shapes):  # (m, K, d) -> (m, L) scores
-        "PCA scores of shapes (aligned to the GPA mean first when `align='gpa'`); type follows the input."
-        F = self._deviation(shapes)
-        return F @ _param(self.components_, F).T
+@patch
+def transform(self: ShapePCA, shapes):  # (m, K, d) -> (m, L) scores
+    "PCA scores of shapes (aligned to the GPA mean first when `align='gpa'`); type follows the input."
+    F = self._deviation(shapes)
+    return F @ _param(self.components_, F).T
 
-    def fit_transform(self, shapes):
-        "Fit, then return the scores of `shapes`."
-        return self.fit(shapes).transform(shapes)
+# %% ../nbs/05_shape.ipynb #6a087941
+@patch
+def fit_transform(self: ShapePCA, shapes):
+    "Fit, then return the scores of `shapes`."
+    return self.fit(shapes).transform(shapes)
 
-    def inverse_transform(self, scores):  # (m, L) -> (m, K, d)
-        "Shapes from scores, in the (aligned) frame of `mean_`; type follows the input."
-        _check_fitted(self, "mean_")
-        b = _floating(scores)
-        check_shape(b, "m L", "scores", L=self.n_components_)
-        F = b @ _param(self.components_, b) + _param(self.mean_.reshape(-1), b)
-        return F.reshape(b.shape[0], self.n_points_, self.dim_)
+# %% ../nbs/05_shape.ipynb #0cc5c8af
+@patch
+def inverse_transform(self: ShapePCA, scores):  # (m, L) -> (m, K, d)
+    "Shapes from scores, in the (aligned) frame of `mean_`; type follows the input."
+    _check_fitted(self, "mean_")
+    b = _floating(scores)
+    check_shape(b, "m L", "scores", L=self.n_components_)
+    F = b @ _param(self.components_, b) + _param(self.mean_.reshape(-1), b)
+    return F.reshape(b.shape[0], self.n_points_, self.dim_)
 
-    def clamp(self, scores,           # (m, L) scores
-              n_std: float = 3.0,     # limit, in standard deviations of each mode
-             ):
-        "Clip each score to +-`n_std` standard deviations of its mode (plausible shapes)."
-        _check_fitted(self, "std_")
-        b = _floating(scores)
-        lim = _param(n_std * self.std_[: b.shape[-1]], b)
-        if torch.is_tensor(b): return torch.maximum(torch.minimum(b, lim), -lim)
-        return np.clip(b, -lim, lim)
+# %% ../nbs/05_shape.ipynb #edac1b33
+@patch
+def clamp(self: ShapePCA, scores,           # (m, L) scores
+          n_std: float = 3.0,     # limit, in standard deviations of each mode
+         ):
+    "Clip each score to +-`n_std` standard deviations of its mode (plausible shapes)."
+    _check_fitted(self, "std_")
+    b = _floating(scores)
+    lim = _param(n_std * self.std_[: b.shape[-1]], b)
+    if torch.is_tensor(b): return torch.maximum(torch.minimum(b, lim), -lim)
+    return np.clip(b, -lim, lim)
 
-    def mode_shapes(self, mode: int = 0,            # which mode (0 = largest variance)
-                    stds=(-2.0, 0.0, 2.0),          # positions along the mode in standard deviations
-                   ) -> np.ndarray:                 # (len(stds), K, d)
-        "Shapes along one mode of variation: the mean plus `stds` standard deviations of mode `mode`."
-        _check_fitted(self, "std_")
-        b = np.zeros((len(stds), self.n_components_))
-        b[:, mode] = np.asarray(stds, dtype=np.float64) * self.std_[mode]
-        return self.inverse_transform(b)
+# %% ../nbs/05_shape.ipynb #75c9e730
+@patch
+def mode_shapes(self: ShapePCA, mode: int = 0,            # which mode (0 = largest variance)
+                stds=(-2.0, 0.0, 2.0),          # positions along the mode in standard deviations
+               ) -> np.ndarray:                 # (len(stds), K, d)
+    "Shapes along one mode of variation: the mean plus `stds` standard deviations of mode `mode`."
+    _check_fitted(self, "std_")
+    b = np.zeros((len(stds), self.n_components_))
+    b[:, mode] = np.asarray(stds, dtype=np.float64) * self.std_[mode]
+    return self.inverse_transform(b)
 
 # %% ../nbs/05_shape.ipynb #f1b8602d
 _PCA_STATE = ("mean_", "components_", "eigenvalues_", "explained_variance_", "explained_variance_ratio_", "std_")
@@ -292,26 +301,25 @@ def state_dict(self: ShapePCA) -> dict:
 
 def _from_state_dict(cls, sd: dict) -> ShapePCA:
     "A fitted model from `state_dict()`: transforms exactly as the saved one."
-    a = lambda v: np.asarray(v.numpy() if torch.is_tensor(v) else v, dtype=np.float64)
     self = cls(**sd["params"])
-    for k in _PCA_STATE: setattr(self, k, a(sd[k.rstrip("_")]))
+    for k in _PCA_STATE: setattr(self, k, to_numpy(sd[k.rstrip("_")]))
     self.n_points_, self.dim_ = self.mean_.shape
     self.n_shapes_, self.n_components_ = int(sd["n_shapes"]), int(sd["n_components"])
     self.gpa_ = None
     if sd["gpa_mean"] is not None:
         self.gpa_ = GPA(self.scaling, max_iter=self.max_iter, tol=self.tol)
-        self.gpa_.mean_ = a(sd["gpa_mean"])
+        self.gpa_.mean_ = to_numpy(sd["gpa_mean"])
     return self
 
 ShapePCA.from_state_dict = classmethod(_from_state_dict)
 
-# %% ../nbs/05_shape.ipynb #81a8c576
+# %% ../nbs/05_shape.ipynb #adaaa3f5
 class PPCA(ShapePCA):
-    "Probabilistic PCA of `(n, K, d)` shapes, S = U_L Lambda_L U_L^T + sigma^2 I, with Mahalanobis distances of shapes and points."
+    "Probabilistic PCA of `(n, K, d)` shapes, S = U_L Lambda_L U_L^T + sigma^2 I, with Mahalanobis distances."
     def __init__(self,
-                 n_components: int | float = 0.95,  # modes kept (int) or variance fraction; must leave variance for sigma^2
+                 n_components: int | float = 0.95,  # modes kept (int) or variance fraction; must leave some for sigma^2
                  align: str | None = None,          # 'gpa' to GPA-align first (and align new shapes to its mean)
-                 noise_average: str = "rank",       # sigma^2 = sum of discarded eigenvalues / (rank - L) ('rank') or / (K d - L) ('full')
+                 noise_average: str = "rank",       # sigma^2 = discarded eigenvalues / (rank - L); 'full': / (Kd - L)
                  scaling: bool = True,              # GPA option
                  max_iter: int = 100,               # GPA option
                  tol: float = 1e-10,                # GPA option
@@ -319,70 +327,94 @@ class PPCA(ShapePCA):
         super().__init__(n_components, align, scaling, max_iter, tol)
         self.noise_average = noise_average
 
-    def fit(self, shapes):  # (n, K, d) array or tensor
-        "Fit the PCA, then `noise_variance_` (sigma^2) and the per-point precision blocks."
-        if self.noise_average not in ("rank", "full"):
-            raise InputError(f"noise_average must be 'rank' or 'full', got {self.noise_average!r}")
-        super().fit(shapes)
-        L, rank, Kd = self.n_components_, len(self.eigenvalues_), self.n_points_ * self.dim_
-        if L >= rank:
-            raise InputError(f"n_components keeps all {rank} non-zero modes, leaving no variance for sigma^2: "
-                             f"use fewer modes (n_components < {rank} or a variance fraction < 1)")
-        rest = self.eigenvalues_[L:].sum()
-        self.noise_variance_ = rest / (rank - L) if self.noise_average == "rank" else rest / (Kd - L)
-        K, d, s2 = self.n_points_, self.dim_, self.noise_variance_
-        Uk = self.components_.reshape(L, K, d).transpose(1, 2, 0)                  # (K, d, L)
-        lam = self.explained_variance_
-        cov_blocks = np.einsum("kdl,l,kel->kde", Uk, lam, Uk) + s2 * np.eye(d)      # marginal S_kk
-        self.point_covariances_ = cov_blocks
-        self._prec = dict(marginal=np.linalg.inv(cov_blocks),
-                          precision=np.einsum("kdl,l,kel->kde", Uk, 1 / (lam + s2) - 1 / s2, Uk) + np.eye(d) / s2)
-        return self
+# %% ../nbs/05_shape.ipynb #8f18e5c4
+@patch
+def fit(self: PPCA, shapes):  # (n, K, d) array or tensor
+    "Fit the PCA, then `noise_variance_` (sigma^2) and the per-point precision blocks."
+    if self.noise_average not in ("rank", "full"):
+        raise InputError(f"noise_average must be 'rank' or 'full', got {self.noise_average!r}")
+    ShapePCA.fit(self, shapes)
+    return self._fit_noise()
 
-    def get_covariance(self) -> np.ndarray:  # (K d, K d)
-        "Dense S = U_L Lambda_L U_L^T + sigma^2 I (for small problems and checks)."
-        _check_fitted(self, "noise_variance_")
-        U = self.components_
-        return (U.T * self.explained_variance_) @ U + self.noise_variance_ * np.eye(U.shape[1])
+@patch
+def _fit_noise(self: PPCA):
+    "sigma^2 (`noise_variance_`) and the per-point covariance and precision blocks, from the fitted PCA."
+    L, rank, Kd = self.n_components_, len(self.eigenvalues_), self.n_points_ * self.dim_
+    if L >= rank:
+        raise InputError(f"n_components keeps all {rank} non-zero modes, leaving no variance for sigma^2: "
+                         f"use fewer modes (n_components < {rank} or a variance fraction < 1)")
+    rest = self.eigenvalues_[L:].sum()
+    self.noise_variance_ = rest / (rank - L) if self.noise_average == "rank" else rest / (Kd - L)
+    K, d, s2 = self.n_points_, self.dim_, self.noise_variance_
+    Uk = self.components_.reshape(L, K, d).transpose(1, 2, 0)                  # (K, d, L)
+    lam = self.explained_variance_
+    cov_blocks = np.einsum("kdl,l,kel->kde", Uk, lam, Uk) + s2 * np.eye(d)      # marginal S_kk
+    self.point_covariances_ = cov_blocks
+    self._prec = dict(marginal=np.linalg.inv(cov_blocks),
+                      precision=np.einsum("kdl,l,kel->kde", Uk, 1 / (lam + s2) - 1 / s2, Uk) + np.eye(d) / s2)
+    return self
 
-    def get_precision(self) -> np.ndarray:  # (K d, K d)
-        "Dense S^-1 by the Woodbury identity (for small problems and checks)."
-        _check_fitted(self, "noise_variance_")
-        U, s2 = self.components_, self.noise_variance_
-        return (U.T * (1 / (self.explained_variance_ + s2) - 1 / s2)) @ U + np.eye(U.shape[1]) / s2
+# %% ../nbs/05_shape.ipynb #71c2e717
+@patch
+def get_covariance(self: PPCA) -> np.ndarray:  # (K d, K d)
+    "Dense S = U_L Lambda_L U_L^T + sigma^2 I (for small problems and checks)."
+    _check_fitted(self, "noise_variance_")
+    U = self.components_
+    return (U.T * self.explained_variance_) @ U + self.noise_variance_ * np.eye(U.shape[1])
 
-    def mahalanobis(self, shapes):  # (m, K, d) -> (m,)
-        "Mahalanobis distance of whole shapes from the mean under S, via Woodbury (no (Kd x Kd) matrix); type follows the input."
-        _check_fitted(self, "noise_variance_")
-        F = self._deviation(shapes)
-        U = _param(self.components_, F)
-        b = F @ U.T
-        e = F - b @ U
-        d2 = (b * b / _param(self.explained_variance_ + self.noise_variance_, F)).sum(1) + (e * e).sum(1) / self.noise_variance_
-        return d2 ** 0.5
+@patch
+def get_precision(self: PPCA) -> np.ndarray:  # (K d, K d)
+    "Dense S^-1 by the Woodbury identity (for small problems and checks)."
+    _check_fitted(self, "noise_variance_")
+    U, s2 = self.components_, self.noise_variance_
+    return (U.T * (1 / (self.explained_variance_ + s2) - 1 / s2)) @ U + np.eye(U.shape[1]) / s2
 
-    def pointwise_mahalanobis(self, shapes,                # (m, K, d)
-                              block: str = "marginal",     # 'marginal': inverse of the (d x d) block S_kk; 'precision': (d x d) block of S^-1
-                             ):                            # (m, K) distances
-        "Per-point Mahalanobis distance of each point's displacement from the mean point (eq. 15); type follows the input."
-        _check_fitted(self, "noise_variance_")
-        if block not in self._prec:
-            raise InputError(f"block must be 'marginal' or 'precision', got {block!r}")
-        D = self._deviation(shapes)
-        D = D.reshape(D.shape[0], self.n_points_, self.dim_)
-        P = _param(self._prec[block], D)
-        q = (torch if torch.is_tensor(D) else np).einsum("mkd,kde,mke->mk", D, P, D)
-        return q.clip(0, None) ** 0.5
+# %% ../nbs/05_shape.ipynb #35902901
+@patch
+def mahalanobis(self: PPCA, shapes):  # (m, K, d) -> (m,)
+    "Whole-shape Mahalanobis distance from the mean under S (Woodbury: no Kd x Kd matrix); type follows the input."
+    _check_fitted(self, "noise_variance_")
+    F = self._deviation(shapes)
+    U = _param(self.components_, F)
+    b = F @ U.T
+    e = F - b @ U
+    lam = _param(self.explained_variance_ + self.noise_variance_, F)
+    d2 = (b * b / lam).sum(1) + (e * e).sum(1) / self.noise_variance_
+    return d2 ** 0.5
 
-    def severity(self, shapes,                 # (m, K, d)
-                 reduce: str = "mean",         # 'mean' or 'max' over the points
-                 block: str = "marginal",      # passed to `pointwise_mahalanobis`
-                ):                             # (m,)
-        "One abnormality score per shape: the mean (or max) over points of the point-wise Mahalanobis distances."
-        pw = self.pointwise_mahalanobis(shapes, block)
-        if reduce == "mean": return pw.mean(1)
-        if reduce == "max": return pw.max(1) if not torch.is_tensor(pw) else pw.amax(1)
-        raise InputError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+# %% ../nbs/05_shape.ipynb #62fefda9
+@patch
+def pointwise_mahalanobis(self: PPCA, shapes,                # (m, K, d)
+                          block: str = "marginal",     # 'marginal': inverse of S_kk; 'precision': block of S^-1
+                         ):                            # (m, K) distances
+    "Per-point Mahalanobis distance of each point's displacement from the mean point (eq. 15); type follows input."
+    _check_fitted(self, "noise_variance_")
+    if block not in self._prec:
+        raise InputError(f"block must be 'marginal' or 'precision', got {block!r}")
+    D = self._deviation(shapes)
+    D = D.reshape(D.shape[0], self.n_points_, self.dim_)
+    P = _param(self._prec[block], D)
+    q = (torch if torch.is_tensor(D) else np).einsum("mkd,kde,mke->mk", D, P, D)
+    return q.clip(0, None) ** 0.5
+
+# %% ../nbs/05_shape.ipynb #dc59ce62
+@patch
+def severity(self: PPCA, shapes,                 # (m, K, d)
+             reduce: str = "mean",         # 'mean' or 'max' over the points
+             block: str = "marginal",      # passed to `pointwise_mahalanobis`
+            ):                             # (m,)
+    "One abnormality score per shape: the mean (or max) over points of the point-wise Mahalanobis distances."
+    pw = self.pointwise_mahalanobis(shapes, block)
+    if reduce == "mean": return pw.mean(1)
+    if reduce == "max": return pw.max(1) if not torch.is_tensor(pw) else pw.amax(1)
+    raise InputError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+
+# %% ../nbs/05_shape.ipynb #a80b1aa4
+def _ppca_from_state_dict(cls, sd: dict) -> PPCA:
+    "A fitted PPCA from `state_dict()`: the PCA, then sigma^2 and the point blocks recomputed from it."
+    return _from_state_dict(cls, sd)._fit_noise()
+
+PPCA.from_state_dict = classmethod(_ppca_from_state_dict)
 
 # %% ../nbs/05_shape.ipynb #31652e51
 class GroupDifference(NamedTuple):
@@ -401,9 +433,9 @@ def group_difference(shapes_a,                # (n_a, K, d) group a (reference),
                      chunk: int = 256,        # permutations evaluated at once
                     ) -> GroupDifference:     # fields in the type of `shapes_a`
     "Per-point mean difference between two groups of aligned shapes, with optional permutation p-values."
-    A, B = _np64(shapes_a), _np64(shapes_b)
-    dims = check_shape(A, "n K d", "shapes_a", d=(2, 3))
-    K, d = dims["K"], dims["d"]
+    A = as_points(shapes_a, "shapes_a")
+    K, d = A.shape[1:]
+    B = as_points(shapes_b, "shapes_b", d=d)
     check_shape(B, "m K d", "shapes_b", K=K, d=d)
     na, nb = len(A), len(B)
     if na < 1 or nb < 1: raise InputError(f"both groups need at least one shape, got {na} and {nb}")
@@ -430,9 +462,9 @@ def group_difference(shapes_a,                # (n_a, K, d) group a (reference),
     conv = lambda a: None if a is None else _out(torch.from_numpy(np.ascontiguousarray(a)), shapes_a)
     return GroupDifference(*(conv(a) for a in (ma, mb, diff, mag, p, pf)))
 
-# %% ../nbs/05_shape.ipynb #f19e6746
+# %% ../nbs/05_shape.ipynb #0dbe07a3
 def _scores(scores, name: str = "scores") -> np.ndarray:
-    X = _np64(scores)
+    X = to_numpy(scores)
     n = check_shape(X, "n L", name)["n"]
     if n < 2: raise InputError(f"{name}: need at least 2 samples to fit a density, got {n}")
     return X
@@ -469,6 +501,7 @@ class GaussianSampler(BaseEstimator):
         z = self._rng.standard_normal((n, len(self.mean_)))
         return _out(torch.from_numpy(self.mean_ + z @ self._A.T), self._like)
 
+# %% ../nbs/05_shape.ipynb #e480d0c9
 class GMMSampler(BaseEstimator):
     "Sample PCA scores from a Gaussian mixture (scikit-learn), its size chosen by BIC unless given."
     def __init__(self,
@@ -517,8 +550,9 @@ class GMMSampler(BaseEstimator):
         out = _out(torch.from_numpy(g.means_[lab] + np.einsum("nij,nj->ni", self._A[lab], z)), self._like)
         return (out, lab) if return_labels else out
 
+# %% ../nbs/05_shape.ipynb #e51f1de9
 class KDESampler(BaseEstimator):
-    "DeepSSM's kernel density sampler: a random training score plus N(0, sigma^2 I), sigma = mean nearest-neighbour distance."
+    "DeepSSM's kernel density sampler: a training score plus N(0, sigma^2 I), sigma = mean nearest-neighbour distance."
     def __init__(self,
                  bandwidth: float | None = None,  # sigma; None: mean Euclidean nearest-neighbour distance of the scores
                  random_state=None,               # seed or numpy Generator

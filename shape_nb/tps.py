@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import check_shape, pixel_grid
-from .core import InputError
+from .core import InputError, check_shape, pixel_grid
 
 # %% auto #0
 __all__ = ['TPSParams', 'tps_kernel', 'tps_system', 'tps_fit', 'tps_apply', 'tps_grid', 'tps_warp_image', 'tps_condition',
@@ -84,7 +83,8 @@ def _validate(src, dst, reg, name_src="src", name_dst="dst"):
         cc = c - c.mean(1, keepdim=True)
         cov = cc.transpose(1, 2) @ cc                                               # (B, d, d)
         flat = torch.linalg.det(cov) <= 1e-20 * (cov.diagonal(dim1=1, dim2=2).sum(-1) / d) ** d
-        flags = torch.stack([bad_src.any(), bad_dst.any(), dup.any() if not reg else dup.new_zeros(()), flat.any()]).tolist()
+        no_dup = dup.new_zeros(())
+        flags = torch.stack([bad_src.any(), bad_dst.any(), dup.any() if not reg else no_dup, flat.any()]).tolist()
     if flags[0] or flags[1]:
         nm, bad = (name_src, bad_src) if flags[0] else (name_dst, bad_dst)
         b, i = bad.nonzero()[0].tolist()
@@ -99,10 +99,11 @@ def _validate(src, dst, reg, name_src="src", name_dst="dst"):
                          f"so the affine part of the TPS is undetermined; spread the landmarks out")
     return B, N, d
 
+# %% ../nbs/01_tps.ipynb #a984ffda
 def tps_system(centers: torch.Tensor,  # (B, N, d) control points
                reg: float = 0.0,       # Tikhonov regularisation added to the kernel diagonal
               ) -> torch.Tensor:       # (B, N+d+1, N+d+1)
-    "The TPS system matrix L = [[K + reg I, P], [P^T, 0]] (2D) or [[K - reg I, P], [P^T, 0]] (3D), in the dtype of `centers`."
+    "The TPS system matrix L = [[K + reg I, P], [P^T, 0]] (2D; K - reg I in 3D), in the dtype of `centers`."
     B, N, d = centers.shape
     K = tps_kernel(_sq_dist_exact(centers, centers), d)
     if reg: K = K + (reg if d == 2 else -reg) * torch.eye(N, dtype=K.dtype, device=K.device)
@@ -245,7 +246,7 @@ def tps_well_posed(centers: torch.Tensor,    # (B, N, d) control points
                    reg: float = 0.0,
                    max_condition: float = 1e10,  # largest acceptable kappa_F
                   ) -> tuple[torch.Tensor, torch.Tensor]:  # ((B,) kappa_F, (B,) bool usable)
-    "kappa_F of each item's TPS system (inf when singular or not finite) and whether it is <= `max_condition`; never raises."
+    "kappa_F of each item's TPS system (inf when singular) and whether it is <= `max_condition`; never raises."
     with torch.no_grad():
         L = tps_system(centers.detach().to(torch.float64), reg)
         inv, info = torch.linalg.inv_ex(L)

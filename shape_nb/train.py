@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-
 import torch
 from torch import nn
 
 import shape_nb
-from .core import get_device, seed_everything
-from .core import InputError, MissingFileError
+from .core import InputError, MissingFileError, get_device, seed_everything
 
 # %% auto #0
 __all__ = ['TrainConfig', 'History', 'train_config', 'dist_info', 'init_distributed', 'train_device', 'shard', 'make_loader',
@@ -61,13 +59,16 @@ class TrainConfig:
         if self.weight_decay < 0: raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.scheduler not in ("cosine", "constant"):
             raise InputError(f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
-        if self.patience is not None and self.patience < 1: raise InputError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be >= 1 or None, got {self.patience}")
         if isinstance(self.grad_clip, str) and self.grad_clip != "auto":
             raise InputError(f"grad_clip must be a number, 'auto' or None, got {self.grad_clip!r}")
         if self.accumulate < 1: raise InputError(f"accumulate must be >= 1, got {self.accumulate}")
         if self.checkpoint_every < 1: raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.distributed not in (True, False, "auto"): raise InputError(f"distributed must be True, False or 'auto', got {self.distributed!r}")
-        if self.resume and not self.checkpoint: raise InputError("resume=True needs checkpoint=PATH (the training-state file to continue from)")
+        if self.distributed not in (True, False, "auto"):
+            raise InputError(f"distributed must be True, False or 'auto', got {self.distributed!r}")
+        if self.resume and not self.checkpoint:
+            raise InputError("resume=True needs checkpoint=PATH (the training-state file to continue from)")
 
 _RESULT_KEYS = ("epochs", "lr", "weight_decay", "scheduler", "patience", "grad_clip", "accumulate", "seed")
 
@@ -154,7 +155,8 @@ def make_loader(dataset,                   # a map-style torch Dataset (e.g. Ten
     "A DataLoader with a `DistributedSampler` (sharded under DDP; `fit` sets its epoch) and pinned memory for CUDA."
     from torch.utils.data import DataLoader, DistributedSampler
     rank, world = dist_info()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=world > 1)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+                                 drop_last=world > 1)
     return DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
                       pin_memory=torch.device(device).type == "cuda", **kwargs)
 
@@ -215,12 +217,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise InputError(f"{path} is not a shape_nb checkpoint (no state_dict)")
     return ckpt
 
-# %% ../nbs/07_train.ipynb #f542ef19
+# %% ../nbs/07_train.ipynb #28a7ef4c
 def to_device(batch, device, memory_format=None):
-    "Move tensors in a (nested) batch of dicts, lists and tuples to `device` (4D/5D float tensors in `memory_format`)."
+    "Move the tensors of a (nested) batch of dicts, lists and tuples to `device` (4D/5D floats in `memory_format`)."
     if torch.is_tensor(batch):
         t = batch.to(device, non_blocking=True)
-        if memory_format is not None and t.is_floating_point() and t.ndim == (5 if memory_format is torch.channels_last_3d else 4):
+        nd = 5 if memory_format is torch.channels_last_3d else 4
+        if memory_format is not None and t.is_floating_point() and t.ndim == nd:
             t = t.contiguous(memory_format=memory_format)
         return t
     if isinstance(batch, dict): return {k: to_device(v, device, memory_format) for k, v in batch.items()}
@@ -232,6 +235,7 @@ def _memory_format(model):
     dims = {p.ndim for p in model.parameters()}
     return torch.channels_last_3d if 5 in dims else torch.channels_last if 4 in dims else None
 
+# %% ../nbs/07_train.ipynb #9c7edaaa
 def _loss_and_metrics(out):
     if isinstance(out, tuple): return out[0], dict(out[1])
     return out, {}
@@ -257,6 +261,7 @@ def _clip(params, grad_clip, hist) -> bool:
     if math.isfinite(norm): hist.grad_norms.append(norm)
     return math.isfinite(norm)
 
+# %% ../nbs/07_train.ipynb #d0a1ff56
 class _DDP(nn.parallel.DistributedDataParallel):
     "DDP whose unknown attributes fall through to the wrapped module (`model.ae` in a step function)."
     def __getattr__(self, name):
@@ -311,6 +316,37 @@ class _Run:
 def _params_finite(params) -> bool:
     return bool(torch.stack([p.detach().isfinite().all() for p in params]).all()) if params else True
 
+# %% ../nbs/07_train.ipynb #9db2a4f1
+def _optimise(r: _Run, loss, acc: int, in_group: int, last: bool, hist: History) -> tuple[bool, int]:
+    "Backward pass of one micro-batch; the last of a group also steps. Returns (step ok, micro-batches in the group)."
+    sync = in_group + 1 >= acc or last
+    with (r.run.no_sync() if r.world > 1 and not sync else contextlib.nullcontext()):
+        (loss / acc).backward()
+    in_group += 1
+    ok = True
+    if sync:
+        if in_group < acc:                      # a short last group: average over what it had
+            for p in r.params:
+                if p.grad is not None: p.grad.mul_(acc / in_group)
+        if _clip(r.params, r.cfg.grad_clip, hist): r.opt.step()
+        else: ok = False                        # a non-finite gradient counts as a bad step: no update
+        r.opt.zero_grad(set_to_none=True); in_group = 0
+    return ok, in_group
+
+def _bad_step(r: _Run, hist: History, epoch: int, i: int, train: bool, bad_run: int) -> int:
+    "Record a skipped step, restore the last good epoch's state when needed; returns the count of bad steps in a row."
+    hist.bad_steps.append((epoch, i))
+    warnings.warn(f"non-finite loss or gradient at epoch {epoch}, batch {i}: step skipped, weights unchanged")
+    if train:
+        bad_run += 1
+        if r.good is not None and (bad_run >= 2 or not _params_finite(r.params)):
+            r.restore(); hist.restores.append((epoch, i)); bad_run = 0
+            warnings.warn(f"epoch {epoch}, batch {i}: restored the weights and optimiser state of the last good epoch")
+    if len(hist.bad_steps) > r.cfg.max_bad_steps:
+        raise FloatingPointError(f"more than {r.cfg.max_bad_steps} non-finite losses (last at epoch {epoch}, "
+                                 f"batch {i}); lower the learning rate or check the inputs")
+    return bad_run
+
 def _run_epoch(r: _Run, step, batches, train: bool, hist: History, epoch: int):
     "One pass over `batches`; returns (mean loss, mean metrics), reduced over the ranks."
     cfg = r.cfg
@@ -325,29 +361,9 @@ def _run_epoch(r: _Run, step, batches, train: bool, hist: History, epoch: int):
             loss, m = _loss_and_metrics(step(r.run, batch))
         lv = float(loss.detach())   # the step's one host sync; metrics stay on the device until the epoch ends
         ok = r.agree(math.isfinite(lv))
-        if ok and train:
-            sync = in_group + 1 >= acc or last
-            with (r.run.no_sync() if r.world > 1 and not sync else contextlib.nullcontext()):
-                (loss / acc).backward()
-            in_group += 1
-            if sync:
-                if in_group < acc:                      # a short last group: average over what it had
-                    for p in r.params:
-                        if p.grad is not None: p.grad.mul_(acc / in_group)
-                if _clip(r.params, cfg.grad_clip, hist): r.opt.step()
-                else: ok = False                        # a non-finite gradient counts as a bad step: no update
-                r.opt.zero_grad(set_to_none=True); in_group = 0
+        if ok and train: ok, in_group = _optimise(r, loss, acc, in_group, last, hist)
         if not ok:
-            hist.bad_steps.append((epoch, i))
-            warnings.warn(f"non-finite loss or gradient at epoch {epoch}, batch {i}: step skipped, weights unchanged")
-            if train:
-                bad_run += 1
-                if r.good is not None and (bad_run >= 2 or not _params_finite(r.params)):
-                    r.restore(); hist.restores.append((epoch, i)); bad_run = 0
-                    warnings.warn(f"epoch {epoch}, batch {i}: restored the weights and optimiser state of the last good epoch")
-            if len(hist.bad_steps) > cfg.max_bad_steps:
-                raise FloatingPointError(f"more than {cfg.max_bad_steps} non-finite losses (last at epoch {epoch}, "
-                                         f"batch {i}); lower the learning rate or check the inputs")
+            bad_run = _bad_step(r, hist, epoch, i, train, bad_run)
             continue
         bad_run = 0
         tot += lv; n += 1
@@ -359,13 +375,15 @@ def _run_epoch(r: _Run, step, batches, train: bool, hist: History, epoch: int):
 # %% ../nbs/07_train.ipynb #6f1586af
 def _rng_state() -> dict:
     s = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), cuda=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+    cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []
+    return dict(torch=torch.get_rng_state(), cuda=cuda,
                 numpy=[s[0], torch.from_numpy(s[1].astype(np.int64)), int(s[2]), int(s[3]), float(s[4])],
                 python=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]])
 
 def _set_rng_state(s: dict):
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(s["cuda"])
+    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
     n = s["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     p = s["python"]
@@ -387,7 +405,8 @@ def load_train_state(path: str | Path) -> dict:
     "Read a training-state file written by `fit(..., TrainConfig(checkpoint=path))` (`weights_only` unpickling)."
     st = _load(path)
     if st.get("kind") != "shape_nb.train_state":
-        raise InputError(f"{path} is not a shape_nb training state (it may be a model checkpoint: load it with the estimator's load)")
+        raise InputError(f"{path} is not a shape_nb training state "
+                         f"(it may be a model checkpoint: load it with the estimator's load)")
     return st
 
 def _resume(path, r: _Run, sched):
@@ -413,9 +432,10 @@ def _resume(path, r: _Run, sched):
     if best is not None: best = {k: v.to(r.device) for k, v in best.items()}
     return hist, best, st["since_best"], st["epoch"] + 1, st["finished"]
 
-# %% ../nbs/07_train.ipynb #23438741
-# buffers (BatchNorm statistics) stay per rank during an epoch (see `_Run.sync_buffers`): the switch's newer name if torch has it
-_NO_BUFFER_SYNC = {("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+# %% ../nbs/07_train.ipynb #114f2ec9
+# buffers (BatchNorm statistics) stay per rank during an epoch (see `_Run.sync_buffers`): the switch's newer name
+_NO_BUFFER_SYNC = {("forward_sync_buffers"
+                    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                     else "broadcast_buffers"): False}
 
 def _wrap(model, cfg, device, world):
@@ -424,6 +444,45 @@ def _wrap(model, cfg, device, world):
     if cfg.compile: run = torch.compile(run, backend=cfg.compile if isinstance(cfg.compile, str) else "inductor")
     return run
 
+def _setup(model: nn.Module, cfg: TrainConfig, params) -> tuple[_Run, Any]:
+    "Join the process group, seed, move the model, build the optimiser and scheduler: the run and its scheduler."
+    rank, world, device = init_distributed(cfg.device, cfg.distributed)
+    seed_everything(cfg.seed, cfg.deterministic)
+    model.to(device)
+    fmt = _memory_format(model) if cfg.channels_last else None
+    if fmt is not None: model.to(memory_format=fmt)
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs) if cfg.scheduler == "cosine" else None
+    return _Run(model, model, params, opt, cfg, device, rank, world, fmt), sched
+
+def _epoch_batches(batches, epoch: int, r: _Run):
+    "This rank's batches of `epoch`: a loader with a distributed sampler is told the epoch, others are sharded."
+    b = batches(epoch) if callable(batches) else batches
+    sampler = getattr(b, "sampler", None)
+    if hasattr(sampler, "set_epoch"): sampler.set_epoch(epoch)
+    return b if hasattr(sampler, "num_replicas") else shard(b, r.rank, r.world)
+
+def _train_epoch(r: _Run, step, train_batches, val_batches, hist: History, epoch: int) -> dict:
+    "Train one epoch, then validate: the epoch's record (losses, metrics, learning rate)."
+    tr, tr_m = _run_epoch(r, step, _epoch_batches(train_batches, epoch, r), True, hist, epoch)
+    r.sync_buffers()
+    rec = dict(epoch=epoch, train_loss=tr, lr=r.opt.param_groups[0]["lr"], **{f"train_{k}": v for k, v in tr_m.items()})
+    if val_batches is not None:
+        with torch.no_grad():
+            va, va_m = _run_epoch(r, step, _epoch_batches(val_batches, epoch, r), False, hist, epoch)
+        rec.update(val_loss=va, **{f"val_{k}": v for k, v in va_m.items()})
+    return rec
+
+def _progress(cfg: TrainConfig, rank: int, start: int):
+    "The epochs to run, with a progress bar on rank 0 when asked."
+    bar = range(start, cfg.epochs)
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(bar, desc="training", unit="epoch", leave=False, initial=start, total=cfg.epochs)
+    return bar
+
+# %% ../nbs/07_train.ipynb #e91ce948
 def fit(model: nn.Module,                       # trained in place (moved to the config's device)
         step: Callable,                         # step(model, batch) -> loss or (loss, metrics)
         train_batches: Iterable | Callable,     # iterable of batches, or epoch -> iterable
@@ -435,15 +494,7 @@ def fit(model: nn.Module,                       # trained in place (moved to the
        ) -> History:
     "Train `model` with Adam (+cosine schedule), optional early stopping on the validation loss; returns the `History`."
     cfg = config or TrainConfig()
-    rank, world, device = init_distributed(cfg.device, cfg.distributed)
-    seed_everything(cfg.seed, cfg.deterministic)
-    model.to(device)
-    fmt = _memory_format(model) if cfg.channels_last else None
-    if fmt is not None: model.to(memory_format=fmt)
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs) if cfg.scheduler == "cosine" else None
-    r = _Run(model, model, params, opt, cfg, device, rank, world, fmt)
+    r, sched = _setup(model, cfg, params)
     hist, best_state, since_best, start, finished = History(), None, 0, 0, False
     if cfg.resume and Path(cfg.checkpoint).exists():
         hist, best_state, since_best, start, finished = _resume(cfg.checkpoint, r, sched)
@@ -451,38 +502,25 @@ def fit(model: nn.Module,                       # trained in place (moved to the
     if finished:
         model.eval()
         return hist
-    r.run = _wrap(model, cfg, device, world)
+    r.run = _wrap(model, cfg, r.device, r.world)
     r.snapshot()
-    get = lambda b, e: b(e) if callable(b) else b
-    def batches_of(b, e):
-        b = get(b, e)
-        sampler = getattr(b, "sampler", None)
-        if hasattr(sampler, "set_epoch"): sampler.set_epoch(e)
-        return b if hasattr(sampler, "num_replicas") else shard(b, rank, world)
     stop = lambda: cfg.patience is not None and val_batches is not None and since_best >= cfg.patience
-    bar = range(start, cfg.epochs)
-    if cfg.progress and rank == 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(bar, desc="training", unit="epoch", leave=False, initial=start, total=cfg.epochs)
+    bar = _progress(cfg, r.rank, start)
     for epoch in ([] if stop() else bar):
         t0 = time.perf_counter()
-        tr, tr_m = _run_epoch(r, step, batches_of(train_batches, epoch), True, hist, epoch)
-        r.sync_buffers()
-        rec = dict(epoch=epoch, train_loss=tr, lr=opt.param_groups[0]["lr"], **{f"train_{k}": v for k, v in tr_m.items()})
+        rec = _train_epoch(r, step, train_batches, val_batches, hist, epoch)
         if val_batches is not None:
-            with torch.no_grad():
-                va, va_m = _run_epoch(r, step, batches_of(val_batches, epoch), False, hist, epoch)
-            rec.update(val_loss=va, **{f"val_{k}": v for k, v in va_m.items()})
-            if va < hist.best_val:
-                hist.best_val, hist.best_epoch, since_best = va, epoch, 0
+            if rec["val_loss"] < hist.best_val:
+                hist.best_val, hist.best_epoch, since_best = rec["val_loss"], epoch, 0
                 if restore_best: best_state = copy.deepcopy(model.state_dict())
             else:
                 since_best += 1
         if sched is not None: sched.step()
-        if math.isfinite(tr): r.snapshot()
+        if math.isfinite(rec["train_loss"]): r.snapshot()
         rec["seconds"] = time.perf_counter() - t0
         hist.records.append(rec)
-        if cfg.progress and rank == 0: bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("train_loss", "val_loss") if k in rec})
+        if cfg.progress and r.rank == 0:
+            bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("train_loss", "val_loss") if k in rec})
         if on_epoch_end is not None: on_epoch_end(epoch, rec, model)
         if stop():
             hist.stopped = f"early stopping at epoch {epoch} (no validation improvement for {cfg.patience} epochs)"

@@ -5,6 +5,7 @@
 # %% ../nbs/50_viz.ipynb #b97d51fa
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Sequence
 
@@ -12,35 +13,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import norm_to_index, pixel_grid
-
-__all__ = ['LANDMARK_COLORS', 'AXIS_NAMES', 'image_figure', 'registration_figure', 'heatmap_figure', 'downsample_volume',
-           'volume_slice', 'landmarks_near_slice', 'slices_figure', 'landmarks_3d_figure', 'heatmap_volume_figure',
-           'correspondence_figure', 'shape_figure', 'shape_animation', 'embedding_figure', 'bar_figure', 'training_curves', 'save_html']
-from .core import InputError
+from .core import InputError, norm_to_index, pixel_grid, to_numpy
 
 # %% auto #0
 __all__ = ['LANDMARK_COLORS', 'AXIS_NAMES', 'image_figure', 'registration_figure', 'heatmap_figure', 'downsample_volume',
            'volume_slice', 'landmarks_near_slice', 'slices_figure', 'landmarks_3d_figure', 'heatmap_volume_figure',
            'correspondence_figure', 'shape_figure', 'shape_animation', 'embedding_figure', 'bar_figure',
-           'training_curves', 'save_html']
+           'training_curves', 'save_html', 'summary_table', 'records_table', 'report_section', 'point_sets_figure',
+           'write_report']
 
 # %% ../nbs/50_viz.ipynb #9df711ec
 LANDMARK_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
-def _np(x):
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
-
 def _image2d(image, name="image") -> np.ndarray:
     "One grey image as float32 (H, W) from (H, W), (1, H, W) or (1, 1, H, W)."
-    a = _np(image).astype(np.float32)
+    a = raw = to_numpy(image, np.float32)
     while a.ndim > 2 and a.shape[0] == 1: a = a[0]
-    if a.ndim != 2: raise InputError(f"{name}: expected one 2D image (H, W), (1, H, W) or (1, 1, H, W), got shape {_np(image).shape}")
+    if a.ndim != 2:
+        raise InputError(f"{name}: expected one 2D image (H, W), (1, H, W) or (1, 1, H, W), got shape {raw.shape}")
     return a
 
 def _points(x, d, name="landmarks") -> np.ndarray:
     "(K, d) float array from (K, d) or (1, K, d)."
-    a = _np(x).astype(np.float64)
+    a = to_numpy(x)
     if a.ndim == 3 and a.shape[0] == 1: a = a[0]
     if a.ndim != 2 or a.shape[-1] != d: raise InputError(f"{name}: expected (K, {d}) points, got shape {a.shape}")
     return a
@@ -76,12 +71,12 @@ def image_figure(images,                       # (n, H, W), (n, 1, H, W) or one 
     "Images side by side as grey heatmaps, with landmark sets overlaid (e.g. truth vs prediction)."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-    imgs = _np(images).astype(np.float32)
+    imgs = to_numpy(images, np.float32)
     if imgs.ndim == 2: imgs = imgs[None]
     if imgs.ndim == 4: imgs = imgs[:, 0]
     if imgs.ndim != 3: raise InputError(f"images: expected (n, H, W) or (n, 1, H, W), got {imgs.shape}")
     n, H, W = imgs.shape
-    landmarks = {k: _np(v).reshape(n, -1, 2) for k, v in (landmarks or {}).items()}
+    landmarks = {k: to_numpy(v, None).reshape(n, -1, 2) for k, v in (landmarks or {}).items()}
     cols = cols or min(n, 4); rows = -(-n // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles else None,
                         horizontal_spacing=0.02, vertical_spacing=0.06)
@@ -104,7 +99,7 @@ def _grid_lines(src, dst, shape, n_lines, fine):
     for gshape in ((n_lines, fine), (fine, n_lines)):       # horizontal lines, then vertical ones
         if src is None: g = pixel_grid(gshape, dtype=torch.float64)
         else: g = tps_grid(dst, src, gshape)[0]             # tps_grid(a, b) evaluates the fit b -> a
-        g = norm_to_index(_np(g).astype(np.float64), (H, W))
+        g = norm_to_index(to_numpy(g), (H, W))
         lines = g if gshape[0] == n_lines else g.transpose(1, 0, 2)
         out += [np.concatenate([ln, np.full((1, 2), np.nan)]) for ln in lines]
     xy = np.concatenate(out)
@@ -120,7 +115,7 @@ def registration_figure(source,                    # (H, W) source image (or (1,
                         titles: Sequence[str] = ("source", "target", "registered"),
                         height: int = 340,
                        ):
-    "Source / target / registered panels with landmarks, and the deformation grid (regular on the source, warped on the result)."
+    "Source, target and registered panels with landmarks, and the deformation grid (regular, then warped)."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     from shape_nb.tps import tps_warp_image
@@ -135,8 +130,9 @@ def registration_figure(source,                    # (H, W) source image (or (1,
     reg_img = _image2d(registered, "registered")
     fig = make_subplots(rows=1, cols=3, subplot_titles=list(titles), horizontal_spacing=0.02)
     grid_style = dict(mode="lines", line=dict(color="#ffd700", width=1), hoverinfo="skip", showlegend=False)
-    for c, (img, pts, name, grid) in enumerate([(src_img, src, "source landmarks", "regular"), (tgt_img, dst, "target landmarks", None),
-                                               (reg_img, dst, "target landmarks", "warped")], 1):
+    panels = [(src_img, src, "source landmarks", "regular"), (tgt_img, dst, "target landmarks", None),
+              (reg_img, dst, "target landmarks", "warped")]
+    for c, (img, pts, name, grid) in enumerate(panels, 1):
         fig.add_trace(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip"), 1, c)
         if grid and n_lines:
             gx, gy = _grid_lines(None if grid == "regular" else s, d, (H, W), n_lines, fine=4 * max(n_lines, 8))
@@ -164,11 +160,12 @@ def heatmap_figure(image,                     # (H, W) image (or (1, 1, H, W))
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     img = _image2d(image)
-    hm = _np(heatmaps).astype(np.float32)
+    hm = raw = to_numpy(heatmaps, np.float32)
     if hm.ndim == 4 and hm.shape[0] == 1: hm = hm[0]
     if hm.ndim == 2: hm = hm[None]
     if hm.ndim != 3 or hm.shape[1:] != img.shape:
-        raise InputError(f"heatmaps: expected (K, {img.shape[0]}, {img.shape[1]}) maps matching the image, got shape {_np(heatmaps).shape}")
+        raise InputError(f"heatmaps: expected (K, {img.shape[0]}, {img.shape[1]}) maps matching the image, "
+                         f"got shape {raw.shape}")
     if mode not in ("max", "each"): raise InputError(f"mode must be 'max' or 'each', got {mode!r}")
     K, (H, W) = hm.shape[0], img.shape
     sets = {k: norm_to_index(v, (H, W)) for k, v in _sets(landmarks, 2).items()}
@@ -179,8 +176,8 @@ def heatmap_figure(image,                     # (H, W) image (or (1, 1, H, W))
     for i, m in enumerate(maps):
         r, c = i // cols + 1, i % cols + 1
         fig.add_trace(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip"), r, c)
-        fig.add_trace(go.Heatmap(z=m, colorscale=_overlay_scale(), zmin=0, zmax=float(max(m.max(), 1e-12)), opacity=opacity,
-                                 showscale=False, name="heatmap" if mode == "max" else f"heatmap {i}",
+        fig.add_trace(go.Heatmap(z=m, colorscale=_overlay_scale(), zmin=0, zmax=float(max(m.max(), 1e-12)),
+                                 opacity=opacity, showscale=False, name="heatmap" if mode == "max" else f"heatmap {i}",
                                  hovertemplate="%{z:.3g}<extra></extra>"), r, c)
         for j, (name, xy) in enumerate(sets.items()):
             pts = xy if mode == "max" else xy[i:i + 1]
@@ -195,10 +192,11 @@ def heatmap_figure(image,                     # (H, W) image (or (1, 1, H, W))
 AXIS_NAMES = ("axial (z)", "coronal (y)", "sagittal (x)")   # slice normal = array axis 0, 1, 2 of (D, H, W)
 
 def _volume(volume, name="volume") -> np.ndarray:
-    a = _np(volume).astype(np.float32)
+    a = raw = to_numpy(volume, np.float32)
     while a.ndim > 3 and a.shape[0] == 1: a = a[0]
     if a.ndim != 3:
-        raise InputError(f"{name}: expected a 3D volume (D, H, W), (1, D, H, W) or (1, 1, D, H, W), got shape {_np(volume).shape}")
+        raise InputError(f"{name}: expected a 3D volume (D, H, W), (1, D, H, W) or (1, 1, D, H, W), "
+                         f"got shape {raw.shape}")
     return a
 
 def downsample_volume(volume,                # (D, H, W), (1, D, H, W) or (1, 1, D, H, W)
@@ -215,7 +213,8 @@ def downsample_volume(volume,                # (D, H, W), (1, D, H, W) or (1, 1,
     if shape == v.shape: return v
     t = torch.from_numpy(v)[None, None]
     if all(n <= o for n, o in zip(shape, v.shape)): return F.adaptive_avg_pool3d(t, shape)[0, 0].numpy()
-    return F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()   # upsampling (a coarse heatmap)
+    # upsampling (a coarse heatmap)
+    return F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
 
 def _spacing(spacing):
     sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, dtype=float), (3,)).copy()
@@ -228,7 +227,7 @@ def _axes_mm(shape, full_shape, spacing):
             for n, N, s in zip(shape[::-1], full_shape[::-1], spacing)]
 
 def _grid_mm(shape, full_shape, spacing):
-    "Flattened float32 X, Y, Z (mm) of every voxel centre of a `shape` grid, in the (D, H, W) order of `volume.ravel()`."
+    "Flattened float32 X, Y, Z (mm) of the voxel centres of a `shape` grid, in the (D, H, W) order of `volume.ravel()`."
     Z, Y, X = np.meshgrid(*_axes_mm(shape, full_shape, spacing)[::-1], indexing="ij")
     return X.astype(np.float32).ravel(), Y.astype(np.float32).ravel(), Z.astype(np.float32).ravel()
 
@@ -245,7 +244,8 @@ def volume_slice(volume,          # (D, H, W) volume (numpy or torch)
     v = _volume(volume)
     if axis not in (0, 1, 2): raise InputError(f"axis must be 0 (axial), 1 (coronal) or 2 (sagittal), got {axis!r}")
     if not 0 <= index < v.shape[axis]:
-        raise InputError(f"slice index {index} is outside 0..{v.shape[axis] - 1} along axis {axis} of a volume of shape {v.shape}")
+        raise InputError(f"slice index {index} is outside 0..{v.shape[axis] - 1} along axis {axis} "
+                         f"of a volume of shape {v.shape}")
     return np.take(v, index, axis=axis)
 
 def landmarks_near_slice(points,        # (K, 3) normalised (x, y, z) landmarks
@@ -263,9 +263,9 @@ def landmarks_near_slice(points,        # (K, 3) normalised (x, y, z) landmarks
 # %% ../nbs/50_viz.ipynb #3668b513
 def slices_figure(volume,                      # (D, H, W) volume (or (1, 1, D, H, W))
                   landmarks=None,              # (K, 3) normalised (x, y, z) points, or a dict name -> (K, 3)
-                  index: Sequence[int] | None = None,  # slice per axis (z, y, x) in voxels of `volume`; default: the centre
+                  index: Sequence[int] | None = None,  # slice per axis (z, y, x), voxels of `volume` (default: centre)
                   axes: Sequence[int] = (0, 1, 2),     # which slices: 0 axial, 1 coronal, 2 sagittal
-                  heatmap=None,                # (D', H', W') or (K, D', H', W') maps over the same extent (max over K shown)
+                  heatmap=None,                # (D', H', W') or (K, D', H', W') maps over the same extent (max over K)
                   heatmap_opacity: float = 0.5,
                   window: Sequence[float] | None = None,  # (low, high) grey window; default: 1st..99th percentile
                   band: float = 1.5,           # landmarks within this many displayed voxels of a slice are drawn
@@ -283,7 +283,7 @@ def slices_figure(volume,                      # (D, H, W) volume (or (1, 1, D, 
     sets = _sets(landmarks, 3)
     hm = None
     if heatmap is not None:
-        hm = _np(heatmap).astype(np.float32)
+        hm = to_numpy(heatmap, np.float32)
         while hm.ndim > 4 and hm.shape[0] == 1: hm = hm[0]
         if hm.ndim == 4: hm = hm.max(0)
         hm = downsample_volume(hm, shape=v.shape)
@@ -297,12 +297,14 @@ def slices_figure(volume,                      # (D, H, W) volume (or (1, 1, D, 
     for c, a in enumerate(axes, 1):
         k = int(np.clip(np.floor((index[a] + 0.5) * v.shape[a] / full.shape[a]), 0, v.shape[a] - 1))  # displayed slice
         h, vv, _ = _PLANE[a]
-        fig.add_trace(go.Heatmap(z=volume_slice(v, a, k), x=mm[h], y=mm[vv], colorscale="gray", zmin=float(lo), zmax=float(hi),
-                                 showscale=False, name=f"{AXIS_NAMES[a]} {k}", hovertemplate="%{z:.4g}<extra></extra>"), 1, c)
+        fig.add_trace(go.Heatmap(z=volume_slice(v, a, k), x=mm[h], y=mm[vv], colorscale="gray", zmin=float(lo),
+                                 zmax=float(hi), showscale=False, name=f"{AXIS_NAMES[a]} {k}",
+                                 hovertemplate="%{z:.4g}<extra></extra>"), 1, c)
         if hm is not None:
             s = volume_slice(hm, a, k)
-            fig.add_trace(go.Heatmap(z=s, x=mm[h], y=mm[vv], colorscale=_overlay_scale(), zmin=0, zmax=float(max(hm.max(), 1e-12)),
-                                     opacity=heatmap_opacity, showscale=False, name="heatmap",
+            fig.add_trace(go.Heatmap(z=s, x=mm[h], y=mm[vv], colorscale=_overlay_scale(), zmin=0,
+                                     zmax=float(max(hm.max(), 1e-12)), opacity=heatmap_opacity, showscale=False,
+                                     name="heatmap",
                                      hovertemplate="%{z:.3g}<extra></extra>"), 1, c)
         for j, (name, pts) in enumerate(sets.items()):
             near, *_ = landmarks_near_slice(pts, v.shape, a, k, band)
@@ -328,7 +330,8 @@ def _surface_trace(go, v, full_shape, sp, level, surface, color="#cccccc", opaci
             from skimage.measure import marching_cubes
         except ImportError:
             if surface == "mesh":
-                raise ImportError("surface='mesh' needs scikit-image (pip install scikit-image); use surface='isosurface'") from None
+                raise ImportError("surface='mesh' needs scikit-image (pip install scikit-image); "
+                                  "use surface='isosurface'") from None
         else:
             verts, faces, _, _ = marching_cubes(v, level)           # verts in (z, y, x) voxel indices of v
             idx = verts[:, ::-1]
@@ -343,7 +346,8 @@ def _surface_trace(go, v, full_shape, sp, level, surface, color="#cccccc", opaci
                          caps=dict(x_show=False, y_show=False, z_show=False), hoverinfo="skip")
 
 def _scene(fig, units="mm"):
-    fig.update_scenes(aspectmode="data", xaxis_title=f"x ({units})", yaxis_title=f"y ({units})", zaxis_title=f"z ({units})")
+    fig.update_scenes(aspectmode="data", xaxis_title=f"x ({units})", yaxis_title=f"y ({units})",
+                      zaxis_title=f"z ({units})")
 
 def landmarks_3d_figure(landmarks,              # (K, 3) normalised (x, y, z) points, or a dict name -> (K, 3)
                         volume=None,            # optional (D, H, W) volume whose isosurface is drawn
@@ -364,7 +368,8 @@ def landmarks_3d_figure(landmarks,              # (K, 3) normalised (x, y, z) po
         v = downsample_volume(full, max_size)
         level = float((np.median(v) + v.max()) / 2) if level is None else float(level)
         if not v.min() < level < v.max():
-            raise InputError(f"level={level:.4g} is outside the displayed volume's range ({v.min():.4g}, {v.max():.4g}); pick a value inside it")
+            raise InputError(f"level={level:.4g} is outside the displayed volume's range ({v.min():.4g}, "
+                             f"{v.max():.4g}); pick a value inside it")
         traces.append(_surface_trace(go, v, full.shape, sp, level, surface, opacity=opacity))
         to_xyz = lambda p: _to_mm(p, full.shape, sp)
     else:
@@ -372,7 +377,8 @@ def landmarks_3d_figure(landmarks,              # (K, 3) normalised (x, y, z) po
     for j, (name, p) in enumerate(sets.items()):
         xyz = to_xyz(p)
         traces.append(go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers+text", name=name,
-                                   marker=dict(size=5, color=LANDMARK_COLORS[j % len(LANDMARK_COLORS)], line=dict(width=1, color="white")),
+                                   marker=dict(size=5, color=LANDMARK_COLORS[j % len(LANDMARK_COLORS)],
+                                               line=dict(width=1, color="white")),
                                    text=[str(k) for k in range(len(xyz))], textposition="top center",
                                    hovertext=[f"{name} {k}" for k in range(len(xyz))], hoverinfo="text"))
     fig = go.Figure(traces)
@@ -385,7 +391,7 @@ def heatmap_volume_figure(heatmaps,               # (K, D, H, W) or (D, H, W) no
                           volume=None,            # optional (D, H, W) volume drawn as a faint isosurface for context
                           kind: str = "isosurface",  # 'isosurface' (one per map) or 'volume' (rendering of the max)
                           level: float = 0.5,     # isosurface at this fraction of each map's maximum
-                          volume_level: float | None = None,  # context isosurface value (default as in `landmarks_3d_figure`)
+                          volume_level: float | None = None,  # context isosurface (default as `landmarks_3d_figure`)
                           landmarks=None,         # optional (K, 3) normalised points or dict name -> (K, 3)
                           spacing=None,           # voxel size (x, y, z) mm of `volume` (default 1)
                           max_size: int = 32,     # display resolution
@@ -393,10 +399,10 @@ def heatmap_volume_figure(heatmaps,               # (K, D, H, W) or (D, H, W) no
                          ):
     "3D heatmaps as isosurfaces per landmark or as a volume rendering of their maximum, over the anatomy."
     import plotly.graph_objects as go
-    hm = _np(heatmaps).astype(np.float32)
+    hm = raw = to_numpy(heatmaps, np.float32)
     while hm.ndim > 4 and hm.shape[0] == 1: hm = hm[0]
     if hm.ndim == 3: hm = hm[None]
-    if hm.ndim != 4: raise InputError(f"heatmaps: expected (K, D, H, W) or (D, H, W), got shape {_np(heatmaps).shape}")
+    if hm.ndim != 4: raise InputError(f"heatmaps: expected (K, D, H, W) or (D, H, W), got shape {raw.shape}")
     if kind not in ("isosurface", "volume"): raise InputError(f"kind must be 'isosurface' or 'volume', got {kind!r}")
     if not 0 < level < 1: raise InputError(f"level is a fraction of each map's maximum, in (0, 1); got {level}")
     sp = _spacing(spacing)
@@ -411,8 +417,9 @@ def heatmap_volume_figure(heatmaps,               # (K, D, H, W) or (D, H, W) no
     if kind == "isosurface":
         for k, h in enumerate(hv):
             c = LANDMARK_COLORS[k % len(LANDMARK_COLORS)]
-            traces.append(go.Isosurface(x=X, y=Y, z=Z, value=h.ravel(), isomin=float(level * h.max()), isomax=float(level * h.max()),
-                                        surface_count=1, colorscale=[[0, c], [1, c]], showscale=False, opacity=0.6,
+            iso = float(level * h.max())
+            traces.append(go.Isosurface(x=X, y=Y, z=Z, value=h.ravel(), isomin=iso, isomax=iso, surface_count=1,
+                                        colorscale=[[0, c], [1, c]], showscale=False, opacity=0.6,
                                         name=f"heatmap {k}", caps=dict(x_show=False, y_show=False, z_show=False)))
     else:
         m = hv.max(0)
@@ -440,30 +447,35 @@ def correspondence_figure(points,              # (M, 3) or (M, 2) correspondence
                          ):
     "Correspondence points coloured by a per-point value, on a mesh (vertex intensity) or as points."
     import plotly.graph_objects as go
-    p = _np(points).astype(np.float32)
-    if p.ndim != 2 or p.shape[1] not in (2, 3): raise InputError(f"points: expected (M, 2) or (M, 3), got shape {p.shape}")
+    p = to_numpy(points, np.float32)
+    if p.ndim != 2 or p.shape[1] not in (2, 3):
+        raise InputError(f"points: expected (M, 2) or (M, 3), got shape {p.shape}")
     M = len(p)
-    val = None if values is None else _np(values).astype(np.float32).ravel()
-    if val is not None and len(val) != M: raise InputError(f"values: expected {M} values (one per point), got {len(val)}")
+    val = None if values is None else to_numpy(values, np.float32).ravel()
+    if val is not None and len(val) != M:
+        raise InputError(f"values: expected {M} values (one per point), got {len(val)}")
     cbar = dict(title=value_name)
     crange = dict(cmin=float(val.min()), cmax=float(val.max() if cmax is None else cmax)) if val is not None else {}
     hover = [f"point {i}" + ("" if val is None else f": {value_name} {val[i]:.3g}") for i in range(M)]
     if faces is not None:
         if p.shape[1] != 3: raise InputError("faces: a mesh needs 3D points (M, 3)")
-        f = _np(faces).astype(np.int64)
+        f = to_numpy(faces, np.int64)
         if f.ndim != 2 or f.shape[1] != 3 or f.min() < 0 or f.max() >= M:
             raise InputError(f"faces: expected (F, 3) vertex indices in 0..{M - 1}, got shape {f.shape} with range "
                              f"{f.min() if f.size else None}..{f.max() if f.size else None}")
-        kw = dict(intensity=val, intensitymode="vertex", colorscale=colorscale, colorbar=cbar, **crange) if val is not None else dict(color="#bbbbbb")
+        kw = (dict(intensity=val, intensitymode="vertex", colorscale=colorscale, colorbar=cbar, **crange)
+              if val is not None else dict(color="#bbbbbb"))
         tr = go.Mesh3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name="mesh", text=hover,
                        hoverinfo="text", flatshading=False, **kw)
     else:
-        marker = dict(size=point_size, color=val, colorscale=colorscale, colorbar=cbar, showscale=True, **crange) if val is not None else dict(size=point_size)
+        marker = (dict(size=point_size, color=val, colorscale=colorscale, colorbar=cbar, showscale=True, **crange)
+                  if val is not None else dict(size=point_size))
+        style = dict(mode="markers", marker=marker, name="points", text=hover, hoverinfo="text")
         if p.shape[1] == 3:
-            tr = go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", marker=marker, name="points", text=hover, hoverinfo="text")
+            tr = go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], **style)
         else:
             marker["size"] = 2 * point_size
-            tr = go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", marker=marker, name="points", text=hover, hoverinfo="text")
+            tr = go.Scatter(x=p[:, 0], y=p[:, 1], **style)
     fig = go.Figure(tr)
     if p.shape[1] == 3: _scene(fig, "units")
     else: fig.update_yaxes(scaleanchor="x")
@@ -483,18 +495,20 @@ def _shape_trace(go, p, faces, closed, ref=False, coords_only=False):
                           marker=dict(size=3 if ref else 5))
     if faces is not None:
         return go.Mesh3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], i=faces[:, 0], j=faces[:, 1], k=faces[:, 2], name=name,
-                         color="#aaaaaa" if ref else LANDMARK_COLORS[2], opacity=0.25 if ref else 1.0, flatshading=False)
+                         color="#aaaaaa" if ref else LANDMARK_COLORS[2], opacity=0.25 if ref else 1.0,
+                         flatshading=False)
     return go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name=name,
                         marker=dict(size=2 if ref else 3, color="#aaaaaa" if ref else LANDMARK_COLORS[2]))
 
 def _shape_inputs(S, mean, faces):
     "Validate (T, K, d) shapes, the (K, d) mean and (F, 3) faces; float32 / int32 arrays."
-    if S.ndim != 3 or S.shape[-1] not in (2, 3): raise InputError(f"shapes: expected (T, K, 2) or (T, K, 3), got shape {S.shape}")
+    if S.ndim != 3 or S.shape[-1] not in (2, 3):
+        raise InputError(f"shapes: expected (T, K, 2) or (T, K, 3), got shape {S.shape}")
     T, K, d = S.shape
     if mean is not None:
-        mean = _np(mean).astype(np.float32)
+        mean = to_numpy(mean, np.float32)
         if mean.shape != (K, d): raise InputError(f"mean: expected shape {(K, d)}, got {mean.shape}")
-    f = None if faces is None else _np(faces).astype(np.int32)
+    f = None if faces is None else to_numpy(faces, np.int32)
     if f is not None and d != 3: raise InputError("faces: a mesh needs 3D shapes (K, 3)")
     return mean, f
 
@@ -512,22 +526,25 @@ def _shape_axes(fig, S, mean):
         fig.update_scenes(xaxis_range=rng[0], yaxis_range=rng[1], zaxis_range=rng[2], aspectmode="manual",
                           aspectratio=dict(x=float(r[0]), y=float(r[1]), z=float(r[2])))
 
+# %% ../nbs/50_viz.ipynb #17858f52
 def shape_figure(shape,                  # (K, 2) or (K, 3) shape
                  mean=None,              # (K, d) reference shape drawn in grey
                  faces=None,             # (F, 3) triangles for a 3D shape (mesh), else points
                  closed: bool = True,    # 2D: close the outline
-                 limits=None,            # (m, K, d) shapes whose extent fixes the axes (default: this shape and the mean)
+                 limits=None,            # (m, K, d) shapes whose extent fixes the axes (default: shape and mean)
                  height: int = 480,
                 ):
     "One shape (2D outline, 3D mesh or points) over a reference shape in grey."
     import plotly.graph_objects as go
-    S = _np(shape).astype(np.float32)[None]
+    S = to_numpy(shape, np.float32)[None]
     mean, f = _shape_inputs(S, mean, faces)
-    fig = go.Figure(([_shape_trace(go, mean, f, closed, ref=True)] if mean is not None else []) + [_shape_trace(go, S[0], f, closed)])
-    _shape_axes(fig, S if limits is None else np.concatenate([S, _np(limits).astype(np.float32)]), mean)
+    base = [_shape_trace(go, mean, f, closed, ref=True)] if mean is not None else []
+    fig = go.Figure(base + [_shape_trace(go, S[0], f, closed)])
+    _shape_axes(fig, S if limits is None else np.concatenate([S, to_numpy(limits, np.float32)]), mean)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10))
     return fig
 
+# %% ../nbs/50_viz.ipynb #20f2b347
 def shape_animation(shapes,                 # (T, K, d) or a list of (K, d) shapes, one per frame
                     mean=None,              # (K, d) reference shape drawn in grey
                     faces=None,             # (F, 3) triangles for 3D shapes (mesh), else points
@@ -538,22 +555,25 @@ def shape_animation(shapes,                 # (T, K, d) or a list of (K, d) shap
                    ):
     "Animate a sequence of shapes (PCA mode / latent swim) with plotly frames, a slider and play/pause."
     import plotly.graph_objects as go
-    S = np.stack([_np(s) for s in shapes]).astype(np.float32) if isinstance(shapes, (list, tuple)) else _np(shapes).astype(np.float32)
+    S = np.stack([to_numpy(s, None) for s in shapes]) if isinstance(shapes, (list, tuple)) else shapes
+    S = to_numpy(S, np.float32)
     mean, f = _shape_inputs(S, mean, faces)
     T, K, d = S.shape
     labels = [str(i) for i in range(T)] if labels is None else [str(l) for l in labels]
     if len(labels) != T: raise InputError(f"labels: expected {T} labels (one per frame), got {len(labels)}")
     base = [_shape_trace(go, mean, f, closed, ref=True)] if mean is not None else []
     moving = len(base)                     # index of the animated trace
-    frames = [go.Frame(data=[_shape_trace(go, S[t], f, closed, coords_only=True)], traces=[moving], name=labels[t]) for t in range(T)]
+    frames = [go.Frame(data=[_shape_trace(go, S[t], f, closed, coords_only=True)], traces=[moving], name=labels[t])
+              for t in range(T)]
     fig = go.Figure(base + [_shape_trace(go, S[0], f, closed)], frames=frames)
-    step = lambda lab: dict(method="animate", label=lab, args=[[lab], dict(mode="immediate", frame=dict(duration=0, redraw=d == 3), transition=dict(duration=0))])
+    still = dict(mode="immediate", frame=dict(duration=0, redraw=d == 3), transition=dict(duration=0))
+    step = lambda lab: dict(method="animate", label=lab, args=[[lab], still])
+    play = dict(frame=dict(duration=duration, redraw=d == 3), fromcurrent=True, transition=dict(duration=0))
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=30, b=10),
         sliders=[dict(active=0, steps=[step(l) for l in labels], currentvalue=dict(prefix="frame: "), pad=dict(t=30))],
         updatemenus=[dict(type="buttons", direction="left", x=0, y=0, xanchor="left", yanchor="top", pad=dict(t=60),
-                          buttons=[dict(label="play", method="animate",
-                                        args=[None, dict(frame=dict(duration=duration, redraw=d == 3), fromcurrent=True, transition=dict(duration=0))]),
+                          buttons=[dict(label="play", method="animate", args=[None, play]),
                                    dict(label="pause", method="animate",
                                         args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])])
     _shape_axes(fig, S, mean)
@@ -570,48 +590,171 @@ def embedding_figure(scores,                 # (n, m >= 2) embedding, e.g. PCA s
                     ):
     "2D scatter of an embedding, one colour per cluster (hover: the item's name and label)."
     import plotly.graph_objects as go
-    Z = _np(scores).astype(np.float64)
+    Z = to_numpy(scores)
     if Z.ndim != 2 or Z.shape[1] < 2: raise InputError(f"scores: expected (n, m >= 2), got shape {Z.shape}")
     n = len(Z); a, b = dims
-    lab = np.zeros(n, dtype=int) if labels is None else np.asarray(_np(labels))
+    lab = np.zeros(n, dtype=int) if labels is None else to_numpy(labels, None)
     if len(lab) != n: raise InputError(f"labels: expected {n} labels (one per row of scores), got {len(lab)}")
     names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
     if len(names) != n: raise InputError(f"names: expected {n} names, got {len(names)}")
     fig = go.Figure()
     for j, u in enumerate(np.unique(lab)):
         m = np.flatnonzero(lab == u)
-        fig.add_trace(go.Scatter(x=Z[m, a], y=Z[m, b], mode="markers", name=f"{label_name} {u}" if labels is not None else "items",
-                                 marker=dict(size=8, color=LANDMARK_COLORS[j % len(LANDMARK_COLORS)], line=dict(width=1, color="white")),
+        name = f"{label_name} {u}" if labels is not None else "items"
+        marker = dict(size=8, color=LANDMARK_COLORS[j % len(LANDMARK_COLORS)], line=dict(width=1, color="white"))
+        fig.add_trace(go.Scatter(x=Z[m, a], y=Z[m, b], mode="markers", name=name, marker=marker,
                                  text=[f"{names[i]} ({label_name} {u})" for i in m], hoverinfo="text"))
     fig.update_layout(xaxis_title=f"{axis_prefix}{a + 1}", yaxis_title=f"{axis_prefix}{b + 1}", height=height,
                       margin=dict(l=50, r=10, t=30, b=40))
     return fig
 
-# %% ../nbs/50_viz.ipynb #0aad5951
+# %% ../nbs/50_viz.ipynb #df2def19
 def bar_figure(values, highlight=None, title: str = "", xlabel: str = "", ylabel: str = ""):
     "Bar chart of `values` (e.g. landmark importances), `highlight` (indices) drawn in a second colour."
     import plotly.graph_objects as go
-    v = _np(values).astype(float).ravel()
+    v = to_numpy(values).ravel()
     hi = set(np.asarray(highlight).ravel().tolist()) if highlight is not None else set()
     colors = [LANDMARK_COLORS[0] if i in hi else "#a9a9a9" for i in range(len(v))]
     fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colors))
-    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=320, margin=dict(l=50, r=10, t=40, b=40))
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=320,
+                      margin=dict(l=50, r=10, t=40, b=40))
     return fig
 
-def training_curves(records: Sequence[dict],     # `History.records` from `shape_nb.train.fit`
-                    keys: Sequence[str] | None = None,  # columns to plot (default: every *loss* column)
+# %% ../nbs/50_viz.ipynb #86aae397
+def _stage_records(history) -> dict:
+    "{stage: epoch records}: from an estimator's `history_` ({stage: History}), one `History`, or a list of records."
+    if isinstance(history, dict): return {str(k): list(getattr(h, "records", h)) for k, h in history.items()}
+    return {None: list(getattr(history, "records", history))}
+
+def training_curves(history,                          # {stage: History} (`history_`), one `History`, or its records
+                    keys: Sequence[str] | None = None,  # columns to plot (default: every *loss* column of each stage)
                     log_y: bool = True):
-    "Training/validation curves over epochs from a training history."
+    "Training/validation curves over epochs, one curve per column and stage; stages follow each other on the x axis."
     import plotly.graph_objects as go
-    keys = keys or [k for k in (records[0] if records else {}) if "loss" in k]
-    fig = go.Figure([go.Scatter(x=[r["epoch"] for r in records], y=[r.get(k) for r in records], mode="lines+markers", name=k)
-                     for k in keys])
-    fig.update_layout(xaxis_title="epoch", yaxis_type="log" if log_y else "linear", height=320,
-                      margin=dict(l=50, r=10, t=30, b=40))
+    stages = _stage_records(history)
+    fig, start = go.Figure(), 0
+    for stage, records in stages.items():
+        cols = keys or [k for k in (records[0] if records else {}) if "loss" in k]
+        x = [start + r["epoch"] for r in records]
+        for k in cols:
+            fig.add_trace(go.Scatter(x=x, y=[r.get(k) for r in records], mode="lines+markers",
+                                     name=k if stage is None else f"{stage}: {k}"))
+        if stage is not None and start > 0: fig.add_vline(x=start - 0.5, line=dict(color="#a9a9a9", dash="dot"))
+        start = max(x, default=start - 1) + 1
+    fig.update_layout(xaxis_title="epoch" if len(stages) == 1 else "epoch (stages in training order)",
+                      yaxis_type="log" if log_y else "linear", height=320, margin=dict(l=50, r=10, t=30, b=40))
     return fig
 
+# %% ../nbs/50_viz.ipynb #b78963ed
 def save_html(fig, path) -> Path:
     "Write a self-contained HTML file (plotly.js embedded, no network needed to view it)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True, include_mathjax=False, full_html=True)
+    return path
+
+# %% ../nbs/50_viz.ipynb #9e6babb8
+def _fmt(v) -> str:
+    "A value as short text: numbers to 4 significant digits, yes/no, at most 8 items of a list."
+    if v is None: return "-"
+    if isinstance(v, (bool, np.bool_)): return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)): return str(int(v))
+    if isinstance(v, (float, np.floating)): return f"{float(v):.4g}"
+    if isinstance(v, dict): return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple, np.ndarray)):
+        items = np.asarray(v).ravel().tolist() if isinstance(v, np.ndarray) else list(v)
+        more = f", ... ({len(items)} in all)" if len(items) > 8 else ""
+        return ", ".join(_fmt(x) for x in items[:8]) + more
+    return str(v)
+
+def summary_table(summary: dict,              # {section: {name: value}}, or {name: value} without sections
+                  caption: str | None = None, # title above the table
+                 ) -> str:                    # an HTML <table>
+    "Named values as a two-column HTML table, grouped under section rows; numbers to 4 significant digits."
+    groups = summary if summary and all(isinstance(v, dict) for v in summary.values()) else {None: summary}
+    rows = []
+    for sec, items in groups.items():
+        if sec is not None: rows.append(f"<tr class='section'><th colspan='2'>{escape(str(sec))}</th></tr>")
+        rows += [f"<tr><th>{escape(str(k))}</th><td>{escape(_fmt(v))}</td></tr>" for k, v in items.items()]
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return f"<table class='summary'>{cap}{''.join(rows)}</table>"
+
+# %% ../nbs/50_viz.ipynb #4ceeabe4
+def records_table(records: Sequence[dict],          # one dict per row (e.g. per round, per stage, per image)
+                  columns: Sequence[str] | None = None,  # columns in order (default: every key, in first-seen order)
+                  caption: str | None = None,       # title above the table
+                  max_rows: int | None = None,      # keep the first rows only (a note says how many were left out)
+                 ) -> str:                          # an HTML <table>
+    "Rows of values as an HTML table with a header; missing values show as '-'."
+    records = list(records)
+    if columns is None: columns = list(dict.fromkeys(k for r in records for k in r))
+    shown = records if max_rows is None else records[:max_rows]
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in shown)
+    cap = escape(caption or "") + (f" (first {len(shown)} of {len(records)})" if len(shown) < len(records) else "")
+    return ("<table class='records'>" + (f"<caption>{cap}</caption>" if cap else "")
+            + f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+def report_section(title: str,              # the section's heading
+                   note: str | None = None, # a sentence under it (plain text, escaped)
+                  ) -> str:
+    "A section heading of a report, with an optional note."
+    return f"<h2>{escape(title)}</h2>" + (f"<p class='note'>{escape(note)}</p>" if note else "")
+
+# %% ../nbs/50_viz.ipynb #2dd47e74
+def point_sets_figure(sets: dict,               # name -> (M, 2) or (M, 3) points (any units), one colour per set
+                      point_size: float = 3,
+                      height: int = 420,
+                     ):
+    "Several point sets in one plot (2D scatter or 3D scatter3d), e.g. the predicted shapes of a few images."
+    import plotly.graph_objects as go
+    pts = {str(k): to_numpy(v, np.float32) for k, v in sets.items()}
+    dims = {p.shape[-1] if p.ndim == 2 else None for p in pts.values()}
+    if not pts or len(dims) != 1 or dims - {2, 3}:
+        raise InputError(f"sets: expected point sets of one dimension, (M, 2) or (M, 3), got shapes "
+                         f"{[p.shape for p in pts.values()]}")
+    fig = go.Figure()
+    for j, (name, p) in enumerate(pts.items()):
+        style = dict(mode="markers", name=name, text=[f"{name} {i}" for i in range(len(p))], hoverinfo="text",
+                     marker=dict(size=point_size, color=LANDMARK_COLORS[j % len(LANDMARK_COLORS)]))
+        if p.shape[1] == 3: fig.add_trace(go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], **style))
+        else: fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], **style))
+    if dims == {3}: _scene(fig, "units")
+    else: fig.update_yaxes(scaleanchor="x")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30, b=0))
+    return fig
+
+# %% ../nbs/50_viz.ipynb #b1525a85
+_REPORT_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+p.note { color: #555; margin: 0.3em 0 0.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+caption { text-align: left; font-weight: 600; padding: 0.2em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+table.summary th { background: #f6f6f6; font-weight: 500; }
+table.summary tr.section th { background: #e8eef7; font-weight: 600; }
+table.records thead th { background: #f0f0f0; }
+"""
+
+def write_report(path,                # the .html file to write
+                 title: str,          # page title and top heading
+                 parts: Sequence,     # HTML strings and plotly figures, in order (None is skipped)
+                ) -> Path:
+    "One self-contained HTML page of `parts`, with plotly.js embedded once (opens offline, fetches nothing)."
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+    body, n_figs = [], 0
+    for i, p in enumerate(parts):
+        if p is None: continue
+        if isinstance(p, str): body.append(p)
+        elif hasattr(p, "to_plotly_json"):
+            body.append(pio.to_html(p, include_plotlyjs=False, full_html=False, config=dict(displaylogo=False)))
+            n_figs += 1
+        else: raise InputError(f"parts[{i}]: expected an HTML string or a plotly figure, got {type(p).__name__}")
+    js = f"<script type='text/javascript'>{get_plotlyjs()}</script>" if n_figs else ""
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+                    f"<style>{_REPORT_CSS}</style>{js}</head>\n<body><h1>{escape(title)}</h1>\n" + "\n".join(body)
+                    + "\n</body></html>\n", encoding="utf-8")
     return path

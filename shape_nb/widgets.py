@@ -9,22 +9,17 @@ import html
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from .core import norm_to_index
-
-__all__ = ['VolumeViewer', 'PairViewer', 'ShapeModeExplorer', 'DatasetBrowser', 'view_itk']
-from .core import InputError
+from .core import InputError, norm_to_index, patch, to_numpy
+from .viz import _sets, _spacing, _volume, downsample_volume
+from .viz import image_figure, registration_figure, shape_figure, slices_figure
 
 # %% auto #0
 __all__ = ['VolumeViewer', 'PairViewer', 'ShapeModeExplorer', 'DatasetBrowser', 'view_itk']
 
 # %% ../nbs/51_widgets.ipynb #1ba8f559
-def _np(x):
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
-
 def _sync(fw, fig):
-    "Copy the traces (same count and types) and the subplot titles / axis directions of `fig` into the FigureWidget `fw`."
+    "Copy the traces (same count and types), subplot titles and axis directions of `fig` into the FigureWidget `fw`."
     if [t.type for t in fw.data] != [t.type for t in fig.data]:
         raise RuntimeError(f"trace layout changed: {[t.type for t in fw.data]} -> {[t.type for t in fig.data]}")
     with fw.batch_update():
@@ -33,7 +28,8 @@ def _sync(fw, fig):
             t.update(d, overwrite=True)
         fw.layout.annotations = fig.layout.annotations
         for ax in ("yaxis", "yaxis2", "yaxis3"):
-            if ax in fig.layout and fig.layout[ax].autorange is not None: fw.layout[ax].autorange = fig.layout[ax].autorange
+            if ax in fig.layout and fig.layout[ax].autorange is not None:
+                fw.layout[ax].autorange = fig.layout[ax].autorange
 
 class _Viewer:
     "Display and snapshot plumbing shared by the viewers."
@@ -43,7 +39,8 @@ class _Viewer:
         import plotly.io as pio
         self.figure._repr_mimebundle_()    # FigureWidget: a new view starts from the current data, not the first one
         b = self.widget._repr_mimebundle_(**kwargs)
-        b["text/html"] = pio.to_html(go.Figure(self.figure), include_plotlyjs=False, include_mathjax=False, full_html=False)
+        b["text/html"] = pio.to_html(go.Figure(self.figure), include_plotlyjs=False, include_mathjax=False,
+                                     full_html=False)
         return b
 
     def snapshot(self):
@@ -51,106 +48,109 @@ class _Viewer:
         import plotly.graph_objects as go
         return go.Figure(self.figure)
 
-def _landmark_sets(landmarks, d) -> dict:
-    if landmarks is None: return {}
-    if not isinstance(landmarks, dict): landmarks = {"landmarks": landmarks}
-    out = {}
-    for k, v in landmarks.items():
-        a = _np(v).astype(np.float64)
-        if a.ndim == 3 and a.shape[0] == 1: a = a[0]
-        if a.ndim != 2 or a.shape[1] != d: raise InputError(f"landmarks[{k!r}]: expected (K, {d}) normalised points, got shape {a.shape}")
-        out[k] = a
-    return out
-
-# %% ../nbs/51_widgets.ipynb #62ac6d50
+# %% ../nbs/51_widgets.ipynb #950654b9
 class VolumeViewer(_Viewer):
     "Slice viewer for a 3D volume: axis, slice, window/level, landmark toggle and picker, heatmap overlay opacity."
     def __init__(self, volume,              # (D, H, W), (1, D, H, W) or (1, 1, D, H, W)
                  landmarks=None,            # (K, 3) normalised (x, y, z) points, or a dict name -> (K, 3)
-                 heatmap=None,              # (D', H', W') or (K, D', H', W') maps over the same extent (max over K shown)
+                 heatmap=None,              # (D', H', W') or (K, D', H', W') maps over the same extent (max over K)
                  spacing=None,              # voxel size (x, y, z) mm of `volume` (default 1)
                  max_size: int = 128,       # display resolution (longest side)
                  band: float = 1.5,         # landmarks within this many displayed voxels of the slice are drawn
                  axis: int = 0,             # first slice normal: 0 axial, 1 coronal, 2 sagittal
                  height: int = 420,         # figure height in pixels
                 ):
-        import ipywidgets as W
-        import plotly.graph_objects as go
-        from shape_nb.viz import downsample_volume, _volume
         full = _volume(volume)
         self.volume_ = downsample_volume(full, max_size)
-        sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, dtype=float), (3,))
+        sp = _spacing(spacing)
         self.spacing_ = sp * np.array(full.shape[::-1]) / np.array(self.volume_.shape[::-1])   # of the display volume
-        self.landmarks_ = _landmark_sets(landmarks, 3)
+        self.landmarks_ = _sets(landmarks, 3)
         self.heatmap_ = None
         if heatmap is not None:
-            hm = _np(heatmap).astype(np.float32)
+            hm = to_numpy(heatmap, np.float32)
             while hm.ndim > 4 and hm.shape[0] == 1: hm = hm[0]
             if hm.ndim == 4: hm = hm.max(0)
             self.heatmap_ = downsample_volume(hm, shape=self.volume_.shape)
         self.band, self.height = band, height
-        lo, hi = float(self.volume_.min()), float(self.volume_.max())
-        p1, p99 = (float(v) for v in np.percentile(self.volume_, [1, 99]))
-        wide = dict(layout=W.Layout(width="460px"))
-        self.axis = W.ToggleButtons(options=[("axial", 0), ("coronal", 1), ("sagittal", 2)], value=axis, description="axis")
-        n = self.volume_.shape[axis]
-        self.slice = W.IntSlider(value=n // 2, min=0, max=n - 1, description="slice", **wide)
-        self.window = W.FloatRangeSlider(value=(p1, p99), min=lo, max=hi if hi > lo else lo + 1, step=(hi - lo) / 500 or 1,
-                                         description="window", readout_format=".4g", **wide)
-        self.show_landmarks = W.Checkbox(value=True, description="landmarks", disabled=not self.landmarks_)
-        self.opacity = W.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="heatmap",
-                                     disabled=self.heatmap_ is None, **wide)
-        opts = [("jump to landmark...", "")] + [(f"{name} {k}", (name, k)) for name, p in self.landmarks_.items() for k in range(len(p))]
-        self.picker = W.Dropdown(options=opts, value="", description="landmark", disabled=not self.landmarks_)
+        self._build(axis)
+
+# %% ../nbs/51_widgets.ipynb #93da4991
+@patch
+def _build(self: VolumeViewer, axis: int):
+    "The controls (starting on slice normal `axis`), the figure and the layout."
+    import ipywidgets as W
+    import plotly.graph_objects as go
+    lo, hi = float(self.volume_.min()), float(self.volume_.max())
+    p1, p99 = (float(v) for v in np.percentile(self.volume_, [1, 99]))
+    wide = dict(layout=W.Layout(width="460px"))
+    self.axis = W.ToggleButtons(options=[("axial", 0), ("coronal", 1), ("sagittal", 2)], value=axis,
+                                description="axis")
+    n = self.volume_.shape[axis]
+    self.slice = W.IntSlider(value=n // 2, min=0, max=n - 1, description="slice", **wide)
+    self.window = W.FloatRangeSlider(value=(p1, p99), min=lo, max=hi if hi > lo else lo + 1,
+                                     step=(hi - lo) / 500 or 1, description="window", readout_format=".4g", **wide)
+    self.show_landmarks = W.Checkbox(value=True, description="landmarks", disabled=not self.landmarks_)
+    self.opacity = W.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="heatmap",
+                                 disabled=self.heatmap_ is None, **wide)
+    opts = [("jump to landmark...", "")] + [(f"{name} {k}", (name, k))
+                                            for name, p in self.landmarks_.items() for k in range(len(p))]
+    self.picker = W.Dropdown(options=opts, value="", description="landmark", disabled=not self.landmarks_)
+    self._busy = False
+    self.figure = go.FigureWidget(self._figure())
+    self.axis.observe(self._on_axis, "value")
+    self.picker.observe(self._on_pick, "value")
+    for w in (self.slice, self.window, self.show_landmarks, self.opacity): w.observe(self._refresh, "value")
+    controls = [self.axis, self.slice, self.window, W.HBox([self.show_landmarks, self.picker])]
+    if self.heatmap_ is not None: controls.append(self.opacity)
+    self.widget = W.VBox(controls + [self.figure])
+
+# %% ../nbs/51_widgets.ipynb #4e24d637
+@patch
+def _index(self: VolumeViewer):
+    idx = [s // 2 for s in self.volume_.shape]
+    idx[self.axis.value] = self.slice.value
+    return idx
+
+@patch
+def _figure(self: VolumeViewer):
+    return slices_figure(self.volume_, self.landmarks_ or None, index=self._index(), axes=(self.axis.value,),
+                         heatmap=self.heatmap_, heatmap_opacity=self.opacity.value, window=self.window.value,
+                         band=self.band, spacing=self.spacing_, max_size=max(self.volume_.shape),
+                         show_landmarks=self.show_landmarks.value, height=self.height)
+
+@patch
+def _refresh(self: VolumeViewer, *_):
+    if not self._busy: _sync(self.figure, self._figure())
+
+# %% ../nbs/51_widgets.ipynb #fc916b07
+@patch
+def _on_axis(self: VolumeViewer, change):
+    self._busy = True
+    try:
+        n = self.volume_.shape[change["new"]]
+        self.slice.max = n - 1
+        self.slice.value = n // 2
+    finally:
         self._busy = False
-        self.figure = go.FigureWidget(self._figure())
-        self.axis.observe(self._on_axis, "value")
-        self.picker.observe(self._on_pick, "value")
-        for w in (self.slice, self.window, self.show_landmarks, self.opacity): w.observe(self._refresh, "value")
-        controls = [self.axis, self.slice, self.window, W.HBox([self.show_landmarks, self.picker])]
-        if self.heatmap_ is not None: controls.append(self.opacity)
-        self.widget = W.VBox(controls + [self.figure])
+    self._refresh()
 
-    def _index(self):
-        idx = [s // 2 for s in self.volume_.shape]
-        idx[self.axis.value] = self.slice.value
-        return idx
+@patch
+def slice_of(self: VolumeViewer, name, k) -> int:
+    "Display slice (along the current axis) that holds landmark `k` of set `name`."
+    p = norm_to_index(self.landmarks_[name][k], self.volume_.shape)          # (x, y, z) display voxels
+    a = self.axis.value
+    return int(np.clip(round(float(p[2 - a])), 0, self.volume_.shape[a] - 1))
 
-    def _figure(self):
-        from shape_nb.viz import slices_figure
-        return slices_figure(self.volume_, self.landmarks_ or None, index=self._index(), axes=(self.axis.value,),
-                             heatmap=self.heatmap_, heatmap_opacity=self.opacity.value, window=self.window.value,
-                             band=self.band, spacing=self.spacing_, max_size=max(self.volume_.shape),
-                             show_landmarks=self.show_landmarks.value, height=self.height)
-
-    def _refresh(self, *_):
-        if not self._busy: _sync(self.figure, self._figure())
-
-    def _on_axis(self, change):
-        self._busy = True
-        try:
-            n = self.volume_.shape[change["new"]]
-            self.slice.max = n - 1
-            self.slice.value = n // 2
-        finally:
-            self._busy = False
-        self._refresh()
-
-    def slice_of(self, name, k) -> int:
-        "Display slice (along the current axis) that holds landmark `k` of set `name`."
-        p = norm_to_index(self.landmarks_[name][k], self.volume_.shape)          # (x, y, z) display voxels
-        a = self.axis.value
-        return int(np.clip(round(float(p[2 - a])), 0, self.volume_.shape[a] - 1))
-
-    def _on_pick(self, change):
-        if not change["new"]: return
-        self._busy = True
-        try:
-            self.show_landmarks.value = True
-            self.slice.value = self.slice_of(*change["new"])
-        finally:
-            self._busy = False
-        self._refresh()
+@patch
+def _on_pick(self: VolumeViewer, change):
+    if not change["new"]: return
+    self._busy = True
+    try:
+        self.show_landmarks.value = True
+        self.slice.value = self.slice_of(*change["new"])
+    finally:
+        self._busy = False
+    self._refresh()
 
 # %% ../nbs/51_widgets.ipynb #52231334
 class PairViewer(_Viewer):
@@ -164,10 +164,11 @@ class PairViewer(_Viewer):
                 ):
         import ipywidgets as W
         import plotly.graph_objects as go
-        imgs = _np(images).astype(np.float32)
+        imgs = raw = to_numpy(images, np.float32)
         if imgs.ndim == 4 and imgs.shape[1] == 1: imgs = imgs[:, 0]
-        if imgs.ndim != 3 or len(imgs) < 2: raise InputError(f"images: expected (n >= 2, 1, H, W) or (n, H, W), got shape {_np(images).shape}")
-        lm = _np(landmarks).astype(np.float64)
+        if imgs.ndim != 3 or len(imgs) < 2:
+            raise InputError(f"images: expected (n >= 2, 1, H, W) or (n, H, W), got shape {raw.shape}")
+        lm = to_numpy(landmarks)
         if lm.ndim != 3 or lm.shape[0] != len(imgs) or lm.shape[2] != 2:
             raise InputError(f"landmarks: expected ({len(imgs)}, K, 2) normalised points, got shape {lm.shape}")
         self.images_, self.landmarks_ = imgs, lm
@@ -182,7 +183,6 @@ class PairViewer(_Viewer):
         self.widget = W.VBox([W.HBox([self.source, self.target]), self.info, self.figure])
 
     def _figure(self):
-        from shape_nb.viz import registration_figure
         s, t = self.source.value, self.target.value
         fig = registration_figure(self.images_[s], self.images_[t], self.landmarks_[s], self.landmarks_[t],
                                   n_lines=self.n_lines, reg=self.reg, height=self.height,
@@ -191,7 +191,8 @@ class PairViewer(_Viewer):
         before = float(((self.images_[s] - self.images_[t]) ** 2).mean())
         after = float(((reg_img - self.images_[t]) ** 2).mean())
         self.errors_ = (before, after)
-        self.info.value = f"mean squared image difference to the target: {before:.4g} before, {after:.4g} after registration"
+        self.info.value = (f"mean squared image difference to the target: {before:.4g} before, "
+                           f"{after:.4g} after registration")
         return fig
 
     def _refresh(self, *_):
@@ -241,7 +242,6 @@ class ShapeModeExplorer(_Viewer):
         return np.asarray(self.pca.inverse_transform(self.scores))[0]
 
     def _figure(self):
-        from shape_nb.viz import shape_figure
         sd = np.array([s.value for s in self.sliders])
         self.info.value = f"distance from the mean: {np.sqrt((sd ** 2).sum()):.2f} standard deviations"
         return shape_figure(self.shape, mean=self.pca.mean_, faces=self.faces, closed=self.closed, limits=self._limits,
@@ -271,14 +271,15 @@ class DatasetBrowser(_Viewer):
                 ):
         import ipywidgets as W
         import plotly.graph_objects as go
-        x = _np(images).astype(np.float32)
+        x = raw = to_numpy(images, np.float32)
         if x.ndim >= 4 and x.shape[1] == 1: x = x[:, 0]
-        if x.ndim not in (3, 4): raise InputError(f"images: expected (n, 1, H, W), (n, H, W) or (n, 1, D, H, W), got shape {_np(images).shape}")
+        if x.ndim not in (3, 4):
+            raise InputError(f"images: expected (n, 1, H, W), (n, H, W) or (n, 1, D, H, W), got shape {raw.shape}")
         n, d = len(x), x.ndim - 1
-        lm = _np(landmarks).astype(np.float64)
+        lm = to_numpy(landmarks)
         if lm.ndim != 3 or lm.shape[0] != n or lm.shape[2] != d:
             raise InputError(f"landmarks: expected ({n}, K, {d}) normalised points, got shape {lm.shape}")
-        pred = None if predicted is None else _np(predicted).astype(np.float64)
+        pred = None if predicted is None else to_numpy(predicted)
         if pred is not None and pred.shape != lm.shape:
             raise InputError(f"predicted: expected the shape of landmarks {lm.shape}, got {pred.shape}")
         self.images_, self.landmarks_, self.predicted_, self.dim = x, lm, pred, d
@@ -300,7 +301,6 @@ class DatasetBrowser(_Viewer):
         return np.sqrt((((a - b) * self.spacing) ** 2).sum(-1))
 
     def _figure(self):
-        from shape_nb.viz import image_figure, slices_figure
         i = self.index.value
         sets = {"true": self.landmarks_[i]}
         if self.predicted_ is not None: sets["predicted"] = self.predicted_[i]
@@ -312,10 +312,12 @@ class DatasetBrowser(_Viewer):
         else:
             self.info.value = f"<b>{html.escape(self.names[i])}</b>"
         if self.dim == 2:
-            return image_figure(self.images_[i], {k: v[None] for k, v in sets.items()}, titles=[self.names[i]], height=self.height)
+            return image_figure(self.images_[i], {k: v[None] for k, v in sets.items()}, titles=[self.names[i]],
+                                height=self.height)
         shape = self.images_.shape[1:]
         c = np.round(norm_to_index(self.landmarks_[i, worst], shape)[::-1]).astype(int).clip(0, np.array(shape) - 1)
-        return slices_figure(self.images_[i], sets, index=c, spacing=self.spacing, max_size=self.max_size, height=self.height)
+        return slices_figure(self.images_[i], sets, index=c, spacing=self.spacing, max_size=self.max_size,
+                             height=self.height)
 
     def _refresh(self, *_):
         _sync(self.figure, self._figure())
@@ -327,14 +329,14 @@ def view_itk(volume,              # (D, H, W) volume (or (1, 1, D, H, W))
              **kwargs,            # passed to `itkwidgets.view`
             ):
     "Show a volume (and landmarks as a point set) in itkwidgets (optional extra; needs internet at run time)."
-    from shape_nb.viz import _volume
     try:
         import itkwidgets
     except ImportError as e:
-        raise ImportError("view_itk needs the optional itkwidgets viewer: pip install 'shape_nb[itk]'. It downloads its "
-                          "viewer from the internet when shown; offline, use shape_nb.widgets.VolumeViewer") from e
+        raise ImportError("view_itk needs the optional itkwidgets viewer: pip install 'shape_nb[itk]'. "
+                          "It downloads its viewer from the internet when shown; offline, use "
+                          "shape_nb.widgets.VolumeViewer") from e
     v = _volume(volume)
-    sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, dtype=float), (3,))
+    sp = _spacing(spacing)
     image = v
     if spacing is not None:
         try:
@@ -343,6 +345,6 @@ def view_itk(volume,              # (D, H, W) volume (or (1, 1, D, H, W))
         except ImportError:
             sp = np.ones(3)      # without itk the image is shown in voxel units; keep the points in voxels too
     if landmarks is not None:
-        pts = _landmark_sets(landmarks, 3)
+        pts = _sets(landmarks, 3)
         kwargs["point_set"] = (norm_to_index(np.concatenate(list(pts.values())), v.shape) * sp).astype(np.float32)
     return itkwidgets.view(image=image, **kwargs)

@@ -1,7 +1,10 @@
-"""A live viewer in a real browser: Voila serves a notebook with a `VolumeViewer` on localhost, headless chromium
-(Debian's, driven by Playwright) moves its slice slider and checks that the plot changed; the page must make no
-request outside localhost. Skips only when no chromium is installed (./run.sh installs it where it can)."""
+"""Live viewers in a real browser: Voila serves a notebook with a `VolumeViewer` on localhost, and JupyterLab runs a
+notebook with a `ShapeModeExplorer`; headless chromium (Debian's, driven by Playwright) moves a slider and checks that
+the plot changed. The pages must make no request outside localhost and log no console error. Skips only when no
+chromium (./run.sh installs it where it can) or no JupyterLab (a dev requirement) is installed."""
 import os
+import secrets
+import signal
 import shutil
 import socket
 import subprocess
@@ -19,7 +22,8 @@ LOCAL = ("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "ws://localho
 
 def find_chromium():
     "Path of the system chromium (CHROMIUM env var, /usr/bin/chromium, or chromium / chromium-browser on PATH)."
-    for c in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+    for c in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+              shutil.which("chromium-browser")):
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
     return None
@@ -85,13 +89,15 @@ viewer"""
 
 # Voila's stock "lab" template links FontAwesome (icons only) from a CDN; this template is the same page
 # without those two links, so that nothing at all is fetched from outside (our viewers use no icons).
+FONTAWESOME_LINK = ('<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@^5/css/{}"'
+                    ' type="text/css" />')
 OFFLINE_TEMPLATE = """\
-{%- extends 'lab/index.html.j2' -%}
-{%- block notebook_css -%}
-{{ super() | replace('<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@^5/css/all.min.css" type="text/css" />', '')
-           | replace('<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@^5/css/v4-shims.min.css" type="text/css" />', '') }}
-{%- endblock notebook_css -%}
-"""
+{%%- extends 'lab/index.html.j2' -%%}
+{%%- block notebook_css -%%}
+{{ super() | replace('%s', '')
+           | replace('%s', '') }}
+{%%- endblock notebook_css -%%}
+""" % (FONTAWESOME_LINK.format("all.min.css"), FONTAWESOME_LINK.format("v4-shims.min.css"))
 
 
 def write_voila_app(folder: Path) -> Path:
@@ -107,15 +113,22 @@ def write_voila_app(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def voila_url(tmp_path):
-    nb = write_voila_app(tmp_path)
-    port = free_port()
-    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "jupyter"), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "voila.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voila", str(nb), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-                             "--template=offline", "--show_tracebacks=True"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+def kill_kernels(runtime_dir: Path):
+    "Kill the kernels still running from the connection files in `runtime_dir` (Linux: found through /proc)."
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(runtime_dir) in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@contextmanager
+def serve(args, port: int, cwd: Path, log_path: Path, env: dict, runtime_dir: Path | None = None):
+    "Run `python -m <args>` as a server; wait until `port` accepts connections; stop it (and its kernels) at exit."
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         t0 = time.time()
         while True:
@@ -124,16 +137,29 @@ def voila_url(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() - t0 > 90:
-                    pytest.fail(f"voila did not start:\n{(tmp_path / 'voila.log').read_text()[-3000:]}")
+                    pytest.fail(f"{args[0]} did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/"
+        yield proc
     finally:
-        proc.terminate()
+        proc.terminate()                       # the server shuts its kernels down on SIGTERM
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if runtime_dir is not None:
+            kill_kernels(runtime_dir)
         log.close()
+
+
+@pytest.fixture
+def voila_url(tmp_path):
+    nb = write_voila_app(tmp_path)
+    port = free_port()
+    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "jupyter"), PYTHONUNBUFFERED="1")
+    with serve(["voila", str(nb), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--template=offline",
+                "--show_tracebacks=True"], port, tmp_path, tmp_path / "voila.log", env):
+        yield f"http://127.0.0.1:{port}/"
 
 
 def test_volume_viewer_slider_in_voila(voila_url, tmp_path):
@@ -152,13 +178,15 @@ def test_volume_viewer_slider_in_voila(voila_url, tmp_path):
         handle.focus()
         for _ in range(6):
             page.keyboard.press("ArrowRight")
-        page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 26'", timeout=60_000)
+        page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 26'",
+                               timeout=60_000)
         page.wait_for_timeout(500)
         assert plot.screenshot() != before                       # the drawn slice changed
         assert "26" in page.locator(".widget-slider", has_text="slice").inner_text()
         # the landmark picker jumps to landmark 0's slice (z = 20), where its marker and heatmap blob show
         page.locator(".widget-dropdown select").select_option(label="landmarks 0")
-        page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 20'", timeout=60_000)
+        page.wait_for_function("document.querySelector('.js-plotly-plot').data[0].name === 'axial (z) 20'",
+                               timeout=60_000)
         page.wait_for_function("document.querySelector('.js-plotly-plot').data[2].x.length === 1", timeout=30_000)
         assert page.evaluate("document.querySelector('.js-plotly-plot').data[2].text[0]") == "landmarks 0"
         assert "20" in page.locator(".widget-slider", has_text="slice").inner_text()
@@ -166,5 +194,82 @@ def test_volume_viewer_slider_in_voila(voila_url, tmp_path):
         shot = tmp_path / "volume_viewer_voila.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"\nscreenshot of the volume viewer in Voila: {shot}")
+        assert seen["external"] == [], f"requests outside localhost: {seen['external']}"
+        assert seen["errors"] == [], f"console errors: {seen['errors']}"
+
+
+EXPLORER_CELLS = ["""\
+import numpy as np
+from shape_nb.shape import ShapePCA
+from shape_nb.widgets import ShapeModeExplorer
+rng = np.random.default_rng(1)
+t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+shapes = np.stack([np.stack([(1 + 0.2 * rng.normal()) * np.cos(t), (1 + 0.1 * rng.normal()) * np.sin(t)], 1)
+                   for _ in range(15)])""", """\
+explorer = ShapeModeExplorer(ShapePCA(n_components=2).fit(shapes), n_modes=2, height=420)
+explorer"""]
+
+# The first three keep JupyterLab from reaching outside localhost (as in ./run.sh lab): no news feed, no check for a
+# new release on PyPI, the read-only extension manager (the default one searches PyPI). `window.jupyterapp` gives the
+# test the application's command registry and the notebook's kernel session.
+LAB_OPTIONS = ["--LabApp.news_url=None",
+               "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+               "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True",
+               "--MappingKernelManager.default_kernel_name=python3"]
+
+
+@pytest.fixture
+def lab_url(tmp_path):
+    pytest.importorskip("jupyterlab", reason="no JupyterLab installed (a dev requirement: pip install -e '.[dev]')")
+    if find_chromium() is None:
+        pytest.skip("no chromium found (install it: apt-get install chromium, or set CHROMIUM=/path/to/chromium)")
+    import nbformat
+    root, home = tmp_path / "nbs", tmp_path / "home"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in EXPLORER_CELLS])
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    nbformat.write(nb, root / "explorer.ipynb")
+    notify = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notify.parent.mkdir(parents=True)
+    notify.write_text('{"fetchNews": "false", "checkForUpdates": false}')   # no "get notified about news?" toast
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JUPYTER_CONFIG_DIR=str(home / "config"),
+               JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               IPYTHONDIR=str(home / "ipython"), JUPYTER_PATH=str(Path(sys.prefix) / "share" / "jupyter"))
+    args = ["jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", *LAB_OPTIONS,
+            f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}"]
+    if hasattr(os, "getuid") and os.getuid() == 0:
+        args.append("--allow-root")
+    with serve(args, port, root, tmp_path / "lab.log", env, runtime_dir=home / "runtime"):
+        yield f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?reset&token={token}"
+
+
+def test_shape_mode_explorer_slider_in_jupyterlab(lab_url, tmp_path):
+    notebook = "window.jupyterapp && jupyterapp.shell.currentWidget && jupyterapp.shell.currentWidget.sessionContext"
+    plot = "document.querySelector('.jp-OutputArea .js-plotly-plot')"
+    with chromium_page({"width": 1200, "height": 900}) as (page, seen):
+        page.goto(lab_url, timeout=120_000)
+        page.wait_for_function(f"{notebook} && {notebook}.session && {notebook}.session.kernel "
+                               f"&& {notebook}.session.kernel.status === 'idle'", timeout=90_000)
+        assert page.evaluate(f"{notebook}.session.kernel.name") == "python3"
+        page.evaluate("jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_selector(".jp-OutputArea .js-plotly-plot .main-svg", timeout=90_000)   # the FigureWidget drew
+        page.wait_for_function(f"{plot}.data.length === 2", timeout=30_000)
+        line = ".jp-OutputArea .js-plotly-plot .scatterlayer .trace:nth-child(2) path.js-line"
+        x0, d0 = page.evaluate(f"Array.from({plot}.data[1].x)"), page.get_attribute(line, "d")
+        assert x0 == page.evaluate(f"Array.from({plot}.data[0].x)")           # at 0 SD: the shape is the mean shape
+        slider = page.locator(".jp-OutputArea .widget-slider", has_text="mode 1")
+        slider.locator(".noUi-handle").first.focus()
+        for _ in range(10):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"{plot}.data[1].x[0] !== {x0[0]}", timeout=30_000)      # the kernel sent a new shape
+        page.wait_for_timeout(500)
+        assert page.get_attribute(line, "d") != d0                                       # and the drawn outline moved
+        assert slider.locator(".widget-readout").inner_text() != "0.00"
+        assert "distance from the mean: 0.00" not in page.locator(".jp-OutputArea .widget-html").first.inner_text()
+        shot = tmp_path / "shape_mode_explorer_jupyterlab.png"
+        page.screenshot(path=str(shot))
+        print(f"\nscreenshot of the shape mode explorer in JupyterLab: {shot}")
         assert seen["external"] == [], f"requests outside localhost: {seen['external']}"
         assert seen["errors"] == [], f"console errors: {seen['errors']}"

@@ -24,7 +24,8 @@ def test_tps_demo_writes_report_and_registers(tmp_path):
 
 
 def test_discovery_demo_small(tmp_path):
-    r = run("demo", "--n", "8", "--size", "32", "--k", "6", "--keep", "4", "--epochs", "2", "--out", str(tmp_path / "d"))
+    r = run("demo", "--n", "8", "--size", "32", "--k", "6", "--keep", "4", "--epochs", "2",
+            "--out", str(tmp_path / "d"))
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert len(s["kept"]) == 4 and s["heldout_rel_error_after"] > 0 and s["control_point_to_nearest_kept_px"] > 0
@@ -83,8 +84,8 @@ def _bad_cases(tmp_path):
         (["discover", str(dims)], "cannot mix 2D and 3D"),
         (["discover", str(nan)], "NaN"),
         (["discover", str(good), "--out", str(used)], "--overwrite"),
-        (["discover", str(good), "--k", "4", "--keep", "9"], "--keep must be between 1 and --k"),
-        (["discover", str(good), "--k", "0"], "--k must be >= 1"),
+        (["discover", str(good), "--k", "4", "--keep", "9"], "keep must be between 1 and n_landmarks"),
+        (["discover", str(good), "--k", "0"], "n_landmarks must be >= 1"),
         (["tps-demo", "--n", "1"], "at least 2"),
         (["tps-demo", "--size", "8"], "at least 16"),
         (["tps-demo", "--device", "cuda:7"], "device 'cuda:7'"),

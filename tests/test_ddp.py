@@ -21,8 +21,8 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     r = subprocess.run([sys.executable, SCRIPT, str(one), "2"], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT, str(two), "1"],
-                       capture_output=True, text=True, env=ENV, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
+                        str(two), "1"], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a["world"], b["world"]) == (1, 2)
@@ -38,3 +38,8 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     means = [k for k in b["buffers"] if k.endswith("running_mean")]
     assert means and all(b["buffers"][k.replace("running_mean", "num_batches_tracked")] == 14 for k in means)
     assert all(np.abs(np.array(b["buffers"][k]) - np.array(a["buffers"][k])).max() < 0.5 for k in means)
+    # the file pipeline under torchrun: every rank trains, rank 0 alone writes the results
+    files = ["discovery.pt", "importance.csv", "landmarks.csv", "report.html", "summary.json"]
+    assert sorted(p.name for p in Path(f"{two}.d").iterdir()) == files
+    assert [json.loads(Path(f"{two}.rank{r}").read_text())["summary"] for r in (0, 1)] == [True, False]
+    assert json.loads(Path(f"{one}.rank0").read_text())["summary"]

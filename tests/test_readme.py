@@ -23,7 +23,8 @@ def render_readme(nb_path=ROOT / "nbs" / "index.ipynb") -> str:
         if not body:
             continue
         parts.append(body if cell["cell_type"] == "markdown" else f"```python\n{body}\n```")
-    return "<!-- generated from nbs/index.ipynb: edit the notebook, then run ./run.sh readme -->\n\n" + "\n\n".join(parts) + "\n"
+    head = "<!-- generated from nbs/index.ipynb: edit the notebook, then run ./run.sh readme -->\n\n"
+    return head + "\n\n".join(parts) + "\n"
 
 
 def test_readme_matches_index():

@@ -34,7 +34,8 @@ def _epoch(state):
 def test_kill_and_resume_discovery_bit_for_bit(tmp_path):
     src = _pngs(tmp_path / "in")
     epochs = 12
-    args = CLI + ["discover", str(src), "--k", "4", "--epochs", str(epochs), "--batch-size", "2", "--device", "cpu", "--seed", "3"]
+    args = CLI + ["discover", str(src), "--k", "4", "--epochs", str(epochs), "--batch-size", "2", "--device", "cpu",
+                  "--seed", "3"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     r = subprocess.run(args + ["--out", str(ref)], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -114,13 +115,14 @@ def test_semisup_resumes_in_pretraining(tmp_path, monkeypatch):
     imgs, cps = tps_phantoms(10, 32, seed=4)
     kw = dict(rounds=1, epochs_pretrain=3, epochs_round=1, epochs_finetune=1, channels=(4, 8), batch_size=2,
               device="cpu", progress=False, z_threshold=5.0)
-    ref = SemiSupervisedDetector(**kw).fit(imgs[:6], cps[:6], imgs[6:])
+    ref = SemiSupervisedDetector(**kw).fit(imgs[:6], cps[:6], unlabelled=imgs[6:])
     opts = dict(checkpoint=str(tmp_path / "semi.pt"))
     with monkeypatch.context() as m:
         _crash_after(m, "pretrain", 1)
         with pytest.raises(Crash):
-            SemiSupervisedDetector(**kw, train_options=opts).fit(imgs[:6], cps[:6], imgs[6:])
-    det = SemiSupervisedDetector(**kw, train_options=opts | dict(resume=True)).fit(imgs[:6], cps[:6], imgs[6:])
-    assert det.histories_["pretrain"].resumed_from == 2
-    assert det.histories_["round_1"].column("train_loss") == ref.histories_["round_1"].column("train_loss")
-    np.testing.assert_array_equal(det.predict(imgs)[0], ref.predict(imgs)[0])
+            SemiSupervisedDetector(**kw, train_options=opts).fit(imgs[:6], cps[:6], unlabelled=imgs[6:])
+    det = SemiSupervisedDetector(**kw, train_options=opts | dict(resume=True))
+    det.fit(imgs[:6], cps[:6], unlabelled=imgs[6:])
+    assert det.history_["pretrain"].resumed_from == 2
+    assert det.history_["round_1"].column("train_loss") == ref.history_["round_1"].column("train_loss")
+    np.testing.assert_array_equal(det.predict(imgs), ref.predict(imgs))

@@ -37,7 +37,8 @@ def volume():
 def test_registration_figure_traces_and_warp(phantoms):
     imgs, _, lm = phantoms
     fig = viz.registration_figure(imgs[0], imgs[2], lm[0], lm[2], n_lines=6)
-    assert [t.type for t in fig.data] == ["heatmap", "scatter", "scatter", "heatmap", "scatter", "heatmap", "scatter", "scatter"]
+    assert [t.type for t in fig.data] == ["heatmap", "scatter", "scatter", "heatmap", "scatter", "heatmap", "scatter",
+                                          "scatter"]
     want = tps_warp_image(imgs[:1].double(), lm[:1].double(), lm[2:3].double())[0, 0].numpy()
     np.testing.assert_allclose(fig.data[5].z, want, atol=1e-5)
     assert sum(v is None for v in fig.data[6].x) == 12            # 2 x 6 warped grid lines
@@ -87,6 +88,25 @@ def test_correspondence_animation_embedding():
     np.testing.assert_allclose(f.frames[4].data[0].x[:12], pca.mode_shapes(0, [2.0])[0][:, 0], atol=1e-5)
     f = viz.embedding_figure(pca.transform(shapes), labels=[0, 1] * 5)
     assert len(f.data) == 2 and sum(len(t.x) for t in f.data) == 10
+
+
+def test_training_curves_take_any_history():
+    from shape_nb.train import History
+    recs = [dict(epoch=e, train_loss=1.0 / (e + 1), val_loss=2.0 / (e + 1)) for e in range(3)]
+    one = viz.training_curves(recs)
+    assert [t.name for t in one.data] == ["train_loss", "val_loss"] and list(one.data[0].x) == [0, 1, 2]
+    assert viz.training_curves(History(records=recs)).to_dict() == one.to_dict()
+    # an estimator's history_: {stage: History} in training order, one curve per stage and column
+    hist = {"autoencoder": History(records=recs), "tflank": History(records=recs[:2]),
+            "joint": History(records=[dict(epoch=0, train_loss=0.1)])}
+    f = viz.training_curves(hist)
+    assert [t.name for t in f.data] == ["autoencoder: train_loss", "autoencoder: val_loss", "tflank: train_loss",
+                                        "tflank: val_loss", "joint: train_loss"]
+    assert list(f.data[2].x) == [3, 4] and list(f.data[4].x) == [5]           # the stages follow each other
+    assert len(f.layout.shapes) == 2                                          # a line where each later stage starts
+    f = viz.training_curves({"train": History(records=recs)}, keys=["val_loss"], log_y=False)
+    assert [t.name for t in f.data] == ["train: val_loss"] and f.layout.yaxis.type == "linear"
+    assert len(viz.training_curves([]).data) == 0
 
 
 # ---------------------------------------------------------------- viewers
@@ -142,7 +162,8 @@ def test_pair_viewer(phantoms):
 def test_shape_mode_explorer():
     rng = np.random.default_rng(1)
     t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
-    shapes = np.stack([np.stack([(1 + 0.2 * rng.normal()) * np.cos(t), (1 + 0.1 * rng.normal()) * np.sin(t)], 1) for _ in range(15)])
+    shapes = np.stack([np.stack([(1 + 0.2 * rng.normal()) * np.cos(t), (1 + 0.1 * rng.normal()) * np.sin(t)], 1)
+                       for _ in range(15)])
     pca = ShapePCA(n_components=2).fit(shapes)
     ex = widgets.ShapeModeExplorer(pca, n_modes=2)
     assert len(ex.sliders) == 2
