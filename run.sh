@@ -2,10 +2,13 @@
 # shape_nb: set up and run.
 #   ./run.sh          create .venv, install, run the demo on the embedded phantoms
 #   ./run.sh test     export/clean checks, ruff, notebook tests, pytest (ends with pytest's summary line)
-#   ./run.sh bench    the benchmarks as CPU smoke runs (--quick --device cpu; tables + bench/results/*.json):
+#   ./run.sh bench    every bench/*.py as a CPU smoke run (--quick --device cpu; tables + bench/results/*.json):
 #                     TPS vs kornia and torch-tps, discovery training throughput, DeepSSM speed, semi-supervised
-#                     wall time, DDP scaling under torchrun. Arguments replace the defaults for all of them:
-#                     ./run.sh bench --device cuda runs them at full size on a GPU (each bench/*.py docstring gives its own command and options)
+#                     wall time, DDP scaling under torchrun, the discovery phantom experiment, DeepSSM on the femurs,
+#                     DeepSSM in 2D and its augmentation (those that need ../shared/data skip without it). Arguments
+#                     replace the defaults for all of them, so only the common options (bench/benchlib.py: --device
+#                     --threads --quick --out --seed): ./run.sh bench --device cuda runs them at full size on a GPU
+#                     (each bench/*.py docstring gives its own command and options)
 #   ./run.sh readme   regenerate README.md from nbs/index.ipynb
 #   ./run.sh docs     build the documentation site offline into _docs/html (Sphinx + myst-nb over nbs/)
 #   ./run.sh lab      JupyterLab on the notebooks (nbs/); their kernel (python3) is this venv's python. It runs
@@ -72,16 +75,23 @@ case "$cmd" in
     echo "== ruff (lint, 120 columns: nbs/ tests/ bench/)"
     ruff check --quiet nbs tests bench
     echo "== nbdev_test"
-    SHAPE_NB_QUICK=1 nbdev_test --n_workers 2 --timing   # tutorials run their tiny version under test
+    skip=$(python tests/data_notebooks.py)   # notebooks whose real data set is absent: one line each, then skipped
+    SHAPE_NB_QUICK=1 nbdev_test --n_workers 2 --timing --skip_file_re "$skip"   # tutorials run their tiny version
     echo "== pytest"
     python -m pytest tests/ "$@"
     ;;
   bench)
     args=("$@"); [ ${#args[@]} -eq 0 ] && args=(--quick --device cpu)
-    for b in tps throughput deepssm_speed semisup ddp_scaling; do
-      echo; echo "== python bench/$b.py ${args[*]}"
-      python "bench/$b.py" "${args[@]}"
+    for b in tps throughput deepssm_speed semisup ddp_scaling discovery deepssm deepssm_2d deepssm_augment; do
+      pre=()
+      case "$b" in
+        discovery) pre=(phantoms --no-progress) ;;   # the phantom experiment (no data needed)
+        deepssm) pre=(--no-progress) ;;
+      esac
+      echo; echo "== python bench/$b.py ${pre[*]}${pre[*]:+ }${args[*]}"
+      python "bench/$b.py" "${pre[@]}" "${args[@]}"
     done
+    echo; echo "== bench: all $((SECONDS / 60)) min $((SECONDS % 60)) s"
     ;;
   readme)
     python tests/test_readme.py --write

@@ -2,19 +2,20 @@
 
     python bench/deepssm.py [--n-subjects 160] [--spacing 4] [--n-points 512] [--n-augment 300] [--epochs 12]
                             [--width 0.5] [--models base,base_focal,tl,tl_focal] [--threads 1] [--out bench/results]
-    python bench/deepssm.py --quick        # a tiny smoke run
-    python bench/deepssm.py --merge a.json b.json ...   # one table from runs of different --models
+    python bench/deepssm.py --device cuda --width 1   # on a GPU, with the paper's encoder width
+    python bench/deepssm.py --quick --device cpu      # a tiny smoke run
+    python bench/deepssm.py --merge a.json b.json ... # one table from runs of different --models
 
 Shapes are real (../shared/data/femurs: 324 femur surfaces of a published shape model, rigidly aligned on the
 proximal femur; a cam-like lesion added to 30% of them); images are synthetic CT-like volumes made from them
 (shape_nb.deepssm.femur_dataset). Held-out test subjects are compared with the mean-shape baseline on RMSE (eq. 12)
-and surface distance (mm); augmentation throughput and plausibility, CPU inference time per volume, and the severity
-AUC of a PPCA Mahalanobis score from predicted vs true correspondences are reported.
+and surface distance (mm); augmentation throughput and plausibility, inference time per volume, and the severity
+AUC of a PPCA Mahalanobis score from predicted vs true correspondences are reported. Common options
+(bench/benchlib.py): --device, --threads (default 1), --quick, --out bench/results, --seed 0. JSON:
+bench/results/deepssm[_<tag>]_<device>[_quick].json (+ _predictions.npz).
 """
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from shape_nb.deepssm import DeepSSM, augment_pairs, femur_dataset
 from shape_nb.metrics import correspondence_rmse, mesh_from_points, surface_distance
 from shape_nb.nets import DeepSSMEncoder
 from shape_nb.shape import PPCA, group_difference
+
+import benchlib as bl
 
 MODELS = {"base": dict(kind="base"), "base_focal": dict(kind="base", focal=True),
           "tl": dict(kind="tl"), "tl_focal": dict(kind="tl", focal=True)}
@@ -59,25 +62,18 @@ def lesion_stats(points, data, test, radius):
                 max_diff_beyond_2R_mm=float(gd.magnitude[dist > 2 * radius].max())), near
 
 
-def inference_ms(model_or_est, vol, repeats):
+def inference_ms(model_or_est, vol, repeats, dev):
     "Median wall time (ms) of one volume through the model (batch 1), after a warm-up."
-    times = []
     with torch.no_grad():
-        for r in range(repeats + 1):
-            t = time.perf_counter()
-            model_or_est(vol)
-            if r: times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+        return 1e3 * bl.median(bl.timed(lambda: model_or_est(vol), dev, warmup=1, repeats=repeats))
 
 
-def run(a):
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    res = dict(device="cpu", threads=a.threads, torch=torch.__version__, machine=platform.machine(),
-               note="CPU at reduced scale (see 'scale'); shapes real, images synthetic CT-like", scale={})
-    t = time.perf_counter()
-    data = femur_dataset(a.n_subjects, spacing=a.spacing, n_points=a.n_points, random_state=a.seed, progress=not a.no_progress)
-    res["data_seconds"] = time.perf_counter() - t
+def run(a, dev):
+    res = dict(note="reduced scale (see 'scale'); shapes real, images synthetic CT-like", scale={})
+    with bl.clock("cpu") as c:
+        data = femur_dataset(a.n_subjects, spacing=a.spacing, n_points=a.n_points, random_state=a.seed,
+                             progress=not a.no_progress)
+    res["data_seconds"] = c.seconds
     n = len(data["points"])
     tr, va, te = split_indices(n, (a.train, a.val, 1 - a.train - a.val), seed=a.seed)
     X, P, lab = data["images"], data["points"], data["labels"]
@@ -87,9 +83,11 @@ def run(a):
                         epochs=a.epochs, ae_epochs=a.ae_epochs, patience=a.patience, batch_size=a.batch_size,
                         channels=scaled((12, 24, 48, 96, 192), a.width), fc=scaled((384, 96), a.width),
                         kernel_size=a.kernel, lesion_fraction=float(lab.mean()), test_lesions=int(lab[te].sum()),
-                        base_pca_modes=a.pca_modes, augmentation_modes=a.aug_modes, augmentation_bandwidth=a.aug_bandwidth)
-    print(f"femurs: {n} subjects ({len(tr)} train / {len(va)} val / {len(te)} test, {int(lab[te].sum())} test lesions), "
-          f"{a.spacing} mm volumes {shape}, {a.n_points} of {len(data['vertices'][0])} vertices; data {res['data_seconds']:.1f} s")
+                        base_pca_modes=a.pca_modes, augmentation_modes=a.aug_modes,
+                        augmentation_bandwidth=a.aug_bandwidth)
+    print(f"femurs: {n} subjects ({len(tr)} train / {len(va)} val / {len(te)} test, {int(lab[te].sum())} test "
+          f"lesions), {a.spacing} mm volumes {shape}, {a.n_points} of {len(data['vertices'][0])} vertices; data "
+          f"{res['data_seconds']:.1f} s")
 
     # augmentation: throughput and plausibility, with the paper's setting (all N - 1 modes) and the one used here
     from scipy.stats import ks_2samp
@@ -97,11 +95,11 @@ def run(a):
 
     def augment(n_components, label, bandwidth=None):
         from shape_nb.shape import KDESampler
-        t = time.perf_counter()
-        aug = augment_pairs(X[tr], P[tr], a.n_augment, spacing=data["spacing"], origin=data["origin"],
-                            n_components=n_components, n_control=a.n_control, random_state=a.seed,
-                            sampler=KDESampler(bandwidth, random_state=a.seed), progress=not a.no_progress)
-        secs = time.perf_counter() - t
+        with bl.clock(dev) as c:
+            aug = augment_pairs(X[tr], P[tr], a.n_augment, spacing=data["spacing"], origin=data["origin"],
+                                n_components=n_components, n_control=a.n_control, random_state=a.seed, device=dev,
+                                sampler=KDESampler(bandwidth, random_state=a.seed), progress=not a.no_progress)
+        secs = c.seconds
         real_s = aug.pca.transform(P[tr])
         sd_real, sd_aug = real_s.std(0, ddof=1), aug.scores.std(0, ddof=1)
         lam = aug.pca.explained_variance_
@@ -116,18 +114,18 @@ def run(a):
                    n_control=a.n_control, mahalanobis_real_median=float(np.median(ppca_all.mahalanobis(P[tr]))),
                    mahalanobis_aug_median=float(np.median(ppca_all.mahalanobis(aug.points))))
         print(f"augmentation ({label}): {a.n_augment} pairs in {secs:.1f} s ({rep['samples_per_second']:.1f} pairs/s, "
-              f"{a.n_control} TPS control points), {rep['n_modes']} modes, bandwidth {rep['bandwidth']:.1f}; score std aug/real "
-              f"(first {k} modes) {np.round(rep['std_ratio_first5'], 2).tolist()} vs KDE-expected "
+              f"{a.n_control} TPS control points), {rep['n_modes']} modes, bandwidth {rep['bandwidth']:.1f}; score std "
+              f"aug/real (first {k} modes) {np.round(rep['std_ratio_first5'], 2).tolist()} vs KDE-expected "
               f"{np.round(rep['std_ratio_expected_first5'], 2).tolist()}, last mode {rep['std_ratio_last']:.1f}; KS p "
-              f"{np.round(ks, 3).tolist()}; label residual {rep['residual_mm_mean']:.2f} mm (p95 {rep['residual_mm_p95']:.2f}); "
-              f"median PPCA Mahalanobis real {rep['mahalanobis_real_median']:.1f}, augmented {rep['mahalanobis_aug_median']:.1f}",
-              flush=True)
+              f"{np.round(ks, 3).tolist()}; label residual {rep['residual_mm_mean']:.2f} mm (p95 "
+              f"{rep['residual_mm_p95']:.2f}); median PPCA Mahalanobis real {rep['mahalanobis_real_median']:.1f}, "
+              f"augmented {rep['mahalanobis_aug_median']:.1f}", flush=True)
         return aug, rep
 
     res["augmentation_paper"] = augment(None, "all N-1 modes (paper)")[1]
-    aug, res["augmentation"] = augment(a.aug_modes, f"n_components={a.aug_modes:g}"
-                                       + (f", bandwidth {a.aug_bandwidth:g}" if a.aug_bandwidth else "") + " (used for training)",
-                                       a.aug_bandwidth)
+    used = (f"n_components={a.aug_modes:g}" + (f", bandwidth {a.aug_bandwidth:g}" if a.aug_bandwidth else "")
+            + " (used for training)")
+    aug, res["augmentation"] = augment(a.aug_modes, used, a.aug_bandwidth)
 
     # references: the mean shape, the template mesh, a PPCA of the normal training shapes
     mean_shape = P[tr].mean(0)
@@ -150,22 +148,24 @@ def run(a):
                    hausdorff_mm=float(sd_h.mean()), lesion_rmse_mm=float(lr.mean()),
                    severity_auc=severity_auc(ppca, pred, lab[te]), group_difference=gd, **extra)
         rows[name] = row
-        print(f"  {name:12s} RMSE {row['rmse_mm']:.2f} +- {row['rmse_mm_std']:.2f} mm, surface {row['surface_mean_mm']:.2f} mm "
-              f"(Hausdorff {row['hausdorff_mm']:.2f}), lesion RMSE {row['lesion_rmse_mm']:.2f} mm, AUC {row['severity_auc']:.3f}, "
-              f"group diff at lesion {gd['diff_at_lesion_mm']:.2f} mm", flush=True)
+        print(f"  {name:12s} RMSE {row['rmse_mm']:.2f} +- {row['rmse_mm_std']:.2f} mm, surface "
+              f"{row['surface_mean_mm']:.2f} mm (Hausdorff {row['hausdorff_mm']:.2f}), lesion RMSE "
+              f"{row['lesion_rmse_mm']:.2f} mm, AUC {row['severity_auc']:.3f}, group diff at lesion "
+              f"{gd['diff_at_lesion_mm']:.2f} mm", flush=True)
 
     evaluate("mean_shape", np.broadcast_to(mean_shape, P[te].shape), {})
-    params = dict(n_components=a.pca_modes, channels=scaled((12, 24, 48, 96, 192), a.width), fc=scaled((384, 96), a.width), kernel_size=a.kernel,
-                  epochs=a.epochs, ae_epochs=a.ae_epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr,
-                  device="cpu", random_state=a.seed, progress=not a.no_progress)
+    params = dict(n_components=a.pca_modes, channels=scaled((12, 24, 48, 96, 192), a.width),
+                  fc=scaled((384, 96), a.width), kernel_size=a.kernel, epochs=a.epochs, ae_epochs=a.ae_epochs,
+                  patience=a.patience, batch_size=a.batch_size, lr=a.lr, device=str(dev), random_state=a.seed,
+                  progress=not a.no_progress)
     for name in a.models:
-        t = time.perf_counter()
-        est = DeepSSM(**MODELS[name], **params).fit(X[tr], P[tr], validation=(X[va], P[va]),
-                                                     extra=(torch.as_tensor(np.asarray(aug.images)), aug.points))
-        train_s = time.perf_counter() - t
+        with bl.clock(dev) as c:
+            est = DeepSSM(**MODELS[name], **params).fit(X[tr], P[tr], validation=(X[va], P[va]),
+                                                         extra=(torch.as_tensor(np.asarray(aug.images)), aug.points))
+        train_s = c.seconds
         pred = est.predict(X[te]).double().numpy()
         preds[name] = pred
-        ms = inference_ms(lambda v: est.predict(v), X[te][:1], a.repeats)
+        ms = inference_ms(est.predict, X[te][:1], a.repeats, dev)
         extra = dict(train_seconds=train_s, inference_ms_per_volume=ms,
                      epochs_run={k: len(h.records) for k, h in est.history_.items()},
                      best_epoch={k: h.best_epoch for k, h in est.history_.items()},
@@ -173,15 +173,16 @@ def run(a):
                      pca_modes=int(est.pca_.n_components_) if est.kind == "base" else None)
         if est.kind == "tl":   # latent swim from the mean code of the normal test images to that of the lesion ones
             path = est.swim(X[te][lab[te] == 0], X[te][lab[te] == 1], 5).double().numpy()
-            extra["swim_lesion_displacement_mm"] = np.linalg.norm(path[:, near_idx] - path[0, near_idx], axis=1).tolist()
+            shift = np.linalg.norm(path[:, near_idx] - path[0, near_idx], axis=1)
+            extra["swim_lesion_displacement_mm"] = shift.tolist()
             extra["true_group_mean_difference_at_lesion_mm"] = near_true["diff_at_lesion_mm"]
         evaluate(name, pred, extra)
         print(f"    trained in {train_s:.0f} s, epochs {extra['epochs_run']}, inference {ms:.1f} ms/volume"
               + (f", swim lesion displacement {np.round(extra['swim_lesion_displacement_mm'], 2).tolist()} mm"
                  if "swim_lesion_displacement_mm" in extra else ""), flush=True)
     # inference at the paper's full width (untrained weights; time only)
-    full = DeepSSMEncoder(64, 3).eval()
-    res["inference_ms_full_width_encoder"] = inference_ms(full, X[te][:1], a.repeats)
+    full = DeepSSMEncoder(64, 3).eval().to(dev)
+    res["inference_ms_full_width_encoder"] = inference_ms(full, X[te][:1].to(dev), a.repeats, dev)
     res["severity_auc_true_correspondences"] = true_auc
     res["group_difference_true"] = near_true
     res["results"] = rows
@@ -189,25 +190,30 @@ def run(a):
     return res
 
 
-def table(res):
+def table(res, settings, device):
+    "The printed table of one run (`res`: its results; `settings`: its options; `device`: `bl.describe` line)."
     s = res["scale"]
-    lines = [f"DeepSSM on femurs (CPU, {res['threads']} thread(s), reduced scale: {s['train']} train + {s['n_augment']} augmented, "
-             f"{s['test']} test subjects, {s['spacing_mm']} mm volumes {tuple(s['volume'])}, {s['n_points']} points, "
-             f"encoder channels {tuple(s['channels'])}, <= {s['epochs']} epochs)",
+    where = "CPU" if device.startswith("cpu") else device.split(",")[0]
+    lines = [f"DeepSSM on femurs ({where}, {settings['threads']} thread(s), reduced scale: {s['train']} train + "
+             f"{s['n_augment']} augmented, {s['test']} test subjects, {s['spacing_mm']} mm volumes "
+             f"{tuple(s['volume'])}, {s['n_points']} points, encoder channels {tuple(s['channels'])}, "
+             f"<= {s['epochs']} epochs)",
              f"{'model':12s} {'RMSE mm':>12s} {'surface mm':>10s} {'Hausdorff':>9s} {'lesion RMSE':>11s} {'AUC':>6s} "
              f"{'train s':>8s} {'ms/vol':>7s}"]
     for k, r in res["results"].items():
-        lines.append(f"{k:12s} {r['rmse_mm']:6.2f} +-{r['rmse_mm_std']:4.2f} {r['surface_mean_mm']:10.2f} {r['hausdorff_mm']:9.2f} "
-                     f"{r['lesion_rmse_mm']:11.2f} {r['severity_auc']:6.3f} {r.get('train_seconds', float('nan')):8.0f} "
+        lines.append(f"{k:12s} {r['rmse_mm']:6.2f} +-{r['rmse_mm_std']:4.2f} {r['surface_mean_mm']:10.2f} "
+                     f"{r['hausdorff_mm']:9.2f} {r['lesion_rmse_mm']:11.2f} {r['severity_auc']:6.3f} "
+                     f"{r.get('train_seconds', float('nan')):8.0f} "
                      f"{r.get('inference_ms_per_volume', float('nan')):7.1f}")
     lines.append(f"severity AUC with true correspondences: {res['severity_auc_true_correspondences']:.3f}; "
                  f"full-width (paper) encoder inference {res['inference_ms_full_width_encoder']:.1f} ms/volume")
     for key in ("augmentation_paper", "augmentation"):
         A = res[key]
         lines.append(f"augmentation, {A['modes']}: {A['samples_per_second']:.1f} pairs/s; score std ratio aug/real "
-                     f"{np.round(A['std_ratio_first5'], 2).tolist()} (KDE-expected {np.round(A['std_ratio_expected_first5'], 2).tolist()}, "
-                     f"last mode {A['std_ratio_last']:.1f}), label residual {A['residual_mm_mean']:.2f} mm, median Mahalanobis "
-                     f"real {A['mahalanobis_real_median']:.1f} / augmented {A['mahalanobis_aug_median']:.1f}")
+                     f"{np.round(A['std_ratio_first5'], 2).tolist()} (KDE-expected "
+                     f"{np.round(A['std_ratio_expected_first5'], 2).tolist()}, last mode {A['std_ratio_last']:.1f}), "
+                     f"label residual {A['residual_mm_mean']:.2f} mm, median Mahalanobis real "
+                     f"{A['mahalanobis_real_median']:.1f} / augmented {A['mahalanobis_aug_median']:.1f}")
     return "\n".join(lines)
 
 
@@ -225,7 +231,7 @@ def main():
     ap.add_argument("--pca-modes", type=float, default=0.99,
                     help="Base-DeepSSM PCA: variance fraction (< 1) or count (>= 1)")
     ap.add_argument("--ppca-modes", type=float, default=0.9999,
-                    help="severity PPCA (fitted on the normal training shapes): variance fraction (< 1) or count (>= 1)")
+                    help="severity PPCA (on the normal training shapes): variance fraction (< 1) or count (>= 1)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--ae-epochs", type=int, default=60)
     ap.add_argument("--patience", type=int, default=5)
@@ -239,19 +245,18 @@ def main():
     ap.add_argument("--models", default="base,base_focal,tl,tl_focal")
     ap.add_argument("--surface-samples", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--tag", default="", help="name suffix of the JSON file")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--merge", nargs="+", help="JSON files of runs with different --models: print one table")
+    bl.common_args(ap, quick_help="tiny smoke run: 40 subjects at 6 mm, 128 points, 2 epochs, quarter-width encoder",
+                   threads=1)
     a = ap.parse_args()
     if a.merge:
         runs = [json.loads(Path(f).read_text()) for f in a.merge]
-        res = runs[0]
-        for r in runs[1:]: res["results"].update({k: v for k, v in r["results"].items() if k != "mean_shape"})
-        print(table(res))
+        res = runs[0]["results"]
+        for r in runs[1:]:
+            res["results"].update({k: v for k, v in r["results"]["results"].items() if k != "mean_shape"})
+        print(table(res, runs[0]["settings"], runs[0]["device"]))
         return
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [m for m in a.models if m not in MODELS]
@@ -262,15 +267,14 @@ def main():
     if a.aug_modes >= 1: a.aug_modes = int(a.aug_modes)
     if a.pca_modes >= 1: a.pca_modes = int(a.pca_modes)
     if a.ppca_modes >= 1: a.ppca_modes = int(a.ppca_modes)
-    res = run(a)
+    bl.require_data(a, "femurs")
+    dev = bl.setup(a)
+    res = run(a, dev)
     print()
-    print(table(res))
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    name = f"deepssm_cpu{'_quick' if a.quick else ''}{('_' + a.tag) if a.tag else ''}.json"
+    print(table(res, vars(a), bl.describe(dev)))
     preds = res.pop("_predictions")
-    np.savez_compressed(out / name.replace(".json", "_predictions.npz"), **preds)
-    (out / name).write_text(json.dumps(res, indent=1, default=float))
-    print(f"wrote {out / name}")
+    f = bl.write_results(a, dev, res, "deepssm" + (f"_{a.tag}" if a.tag else ""))
+    np.savez_compressed(f.with_name(f.stem + "_predictions.npz"), **preds)
 
 
 if __name__ == "__main__":

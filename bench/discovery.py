@@ -4,23 +4,22 @@
     python bench/discovery.py mice     [--size 128] [--k 24] [--epochs 60]
     python bench/discovery.py cells    [--size 96]  [--k 24] [--epochs 40]
     python bench/discovery.py ct3d     [--size 64]  [--k 20] [--epochs 40]
+    python bench/discovery.py phantoms --device cuda   # full size on a GPU (any experiment)
+    python bench/discovery.py phantoms --quick --device cpu   # a smoke run (seconds)
 
-Common options: --device auto|cpu|cuda, --out bench/results, --quick (tiny smoke run). Real data is read from
-../shared/data (or $SHAPE_NB_DATA).
+Common options (bench/benchlib.py): --device auto|cpu|cuda, --threads, --quick (tiny smoke run), --out
+bench/results, --seed 0. Real data is read from ../shared/data (or $SHAPE_NB_DATA).
+JSON: bench/results/discovery_<experiment>_<device>[_quick].json.
 """
 import argparse
-import json
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from shape_nb.core import get_device, seed_everything
 from shape_nb.discovery import LandmarkDiscovery
 from shape_nb.data import all_pairs
 
-from benchlib import oracle_registration_error
+import benchlib as bl
 
 
 def nearest_distance(points, landmarks):
@@ -28,11 +27,10 @@ def nearest_distance(points, landmarks):
     return torch.cdist(points.double(), landmarks.double()).amin(-1)
 
 
-def fit_timed(est, train):
-    t0 = time.perf_counter()
-    est.fit(train)
-    if torch.cuda.is_available(): torch.cuda.synchronize()
-    return time.perf_counter() - t0
+def fit_timed(est, train, dev):
+    "Seconds of `est.fit(train)`."
+    with bl.clock(dev) as c: est.fit(train)
+    return c.seconds
 
 
 def run_phantoms(a, dev):
@@ -40,13 +38,12 @@ def run_phantoms(a, dev):
     n = a.n_train + a.n_test
     imgs, cps = tps_phantoms(n, a.size, sigma=a.sigma, seed=a.seed)
     train, test, cps_test = imgs[:a.n_train], imgs[a.n_train:], cps[a.n_train:]
-    est = LandmarkDiscovery(n_landmarks=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
-                            lr=a.lr, noise_std=a.noise, device=str(dev), random_state=a.seed, progress=not a.no_progress)
-    secs = fit_timed(est, train)
+    est = make_estimator(a, dev)
+    secs = fit_timed(est, train, dev)
     steps_pairs = a.epochs * min(a.pairs_per_epoch, a.n_train * (a.n_train - 1))
     test_pairs = all_pairs(a.n_test)
     err = est.registration_error(test, test_pairs)
-    oracle = oracle_registration_error(test, cps_test, test_pairs)   # the true control points (+ corners)
+    oracle = bl.oracle_registration_error(test, cps_test, test_pairs)   # the true control points (+ corners)
     imp = est.compute_importance(test, max_pairs=64)
     half = a.size / 2   # normalised -> pixels
     rows = []
@@ -58,8 +55,9 @@ def run_phantoms(a, dev):
         rand = torch.rand(len(test), keep, 2, generator=g) * 1.6 - 0.8   # baseline: random landmarks
         rdist = nearest_distance(cps_test, rand) * half
         e = est.registration_error(test, test_pairs)["after"]
-        rows.append(dict(n_keep=keep, cp_to_nearest_px=dist.mean().item(), cp_to_nearest_px_per_cp=dist.mean(0).tolist(),
-                         random_baseline_px=rdist.mean().item(), rel_reg_error_after=e))
+        rows.append(dict(n_keep=keep, cp_to_nearest_px=dist.mean().item(),
+                         cp_to_nearest_px_per_cp=dist.mean(0).tolist(), random_baseline_px=rdist.mean().item(),
+                         rel_reg_error_after=e))
     res = dict(experiment="phantoms", size=a.size, n_train=a.n_train, n_test=a.n_test, k=a.k, fixed="4 corners",
                lam=a.lam, epochs=a.epochs, train_seconds=secs, pairs_per_second=steps_pairs / secs,
                rel_reg_error_before=err["before"], rel_reg_error_after=err["after"], rel_reg_error_oracle=oracle,
@@ -67,11 +65,12 @@ def run_phantoms(a, dev):
                history=[{k: v for k, v in r.items()} for r in est.history_["train"].records])
     print(f"phantoms {a.size}x{a.size}: {a.n_train} train / {a.n_test} test, K={a.k}+4 corners, lambda={a.lam}, "
           f"{a.epochs} epochs in {secs:.1f} s ({res['pairs_per_second']:.0f} pairs/s) on {dev}")
-    print(f"  held-out mean relative registration error ||I_T-I_R||^2/||I_T||^2: before {err['before']:.4%}, after {err['after']:.4%}"
-          f" (oracle: the true control points + corners, {oracle:.4%})")
+    print(f"  held-out mean relative registration error ||I_T-I_R||^2/||I_T||^2: before {err['before']:.4%}, "
+          f"after {err['after']:.4%} (oracle: the true control points + corners, {oracle:.4%})")
     print(f"  {'kept':>5s} {'cp->nearest (px)':>17s} {'random baseline':>16s} {'rel. error after':>17s}")
     for r in rows:
-        print(f"  {r['n_keep']:5d} {r['cp_to_nearest_px']:17.2f} {r['random_baseline_px']:16.2f} {r['rel_reg_error_after']:17.4%}")
+        print(f"  {r['n_keep']:5d} {r['cp_to_nearest_px']:17.2f} {r['random_baseline_px']:16.2f} "
+              f"{r['rel_reg_error_after']:17.4%}")
     return res, est
 
 
@@ -90,8 +89,10 @@ def blur(x, sigma):
 
 
 def make_estimator(a, dev, d=2):
-    return LandmarkDiscovery(n_landmarks=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size, pairs_per_epoch=a.pairs_per_epoch,
-                             lr=a.lr, noise_std=a.noise, device=str(dev), random_state=a.seed, progress=not a.no_progress,
+    "The LandmarkDiscovery of the experiments (narrower network in 3D)."
+    return LandmarkDiscovery(n_landmarks=a.k, lam=a.lam, epochs=a.epochs, batch_size=a.batch_size,
+                             pairs_per_epoch=a.pairs_per_epoch, lr=a.lr, noise_std=a.noise, device=str(dev),
+                             random_state=a.seed, progress=not a.no_progress,
                              channels=(16, 32, 64, 128) if d == 2 else (8, 16, 32))
 
 
@@ -109,7 +110,7 @@ def outline_experiment(a, dev, name, outlines, groups_by, lm_index=None, flip_y=
     n = len(imgs)
     tr, _, te = split_indices(n, (0.8, 0.0, 0.2), seed=a.seed)
     est = make_estimator(a, dev)
-    secs = fit_timed(est, imgs[tr])
+    secs = fit_timed(est, imgs[tr], dev)
     err = est.registration_error(imgs[te], all_pairs(len(te))[:400])
     est.compute_importance(imgs[tr], max_pairs=64)
     lm_tr, lm_te = est.predict(imgs[tr]).double().numpy(), est.predict(imgs[te]).double().numpy()
@@ -130,22 +131,25 @@ def outline_experiment(a, dev, name, outlines, groups_by, lm_index=None, flip_y=
         labels = np.asarray(labels)
         k = len(np.unique(labels))
         cl = ShapeClusters(k, scaling=False).fit(lm_tr)
-        ours = dict(train=clustering_scores(labels[tr], cl.labels_), test=clustering_scores(labels[te], cl.predict(lm_te)))
+        ours = dict(train=clustering_scores(labels[tr], cl.labels_),
+                    test=clustering_scores(labels[te], cl.predict(lm_te)))
         ref = None
         if full is not None:   # the same clustering on the full outlines (a reference)
             clo = ShapeClusters(k, scaling=False).fit(full[tr])
-            ref = dict(train=clustering_scores(labels[tr], clo.labels_), test=clustering_scores(labels[te], clo.predict(full[te])))
+            ref = dict(train=clustering_scores(labels[tr], clo.labels_),
+                       test=clustering_scores(labels[te], clo.predict(full[te])))
         res["clustering"][label_name] = dict(landmarks=ours, outlines=ref)
     print(f"{name}: {n} outlines rasterised to {a.size}x{a.size} (blur {a.blur} px), {len(tr)} train / {len(te)} test, "
           f"K={a.k}, {a.epochs} epochs in {secs:.0f} s on {dev}")
     print(f"  held-out relative registration error: before {err['before']:.4f}, after {err['after']:.4f}")
     if lm_index is not None:
-        print(f"  true landmarks predicted from discovered ones (ridge on train, test error): {res['true_landmark_error_px']:.2f} px "
-              f"(train-mean baseline {res['mean_position_baseline_px']:.2f} px)")
+        print(f"  true landmarks predicted from discovered ones (ridge on train, test error): "
+              f"{res['true_landmark_error_px']:.2f} px (train-mean baseline {res['mean_position_baseline_px']:.2f} px)")
     for label_name, c in res["clustering"].items():
         o = c["outlines"]
         print(f"  spectral clustering vs {label_name}: ARI train {c['landmarks']['train']['ari']:.3f}, held-out "
-              f"{c['landmarks']['test']['ari']:.3f}" + (f"   (same on full outlines: {o['train']['ari']:.3f} / {o['test']['ari']:.3f})" if o else ""))
+              f"{c['landmarks']['test']['ari']:.3f}"
+              + (f"   (same on full outlines: {o['train']['ari']:.3f} / {o['test']['ari']:.3f})" if o else ""))
     return res, est
 
 
@@ -153,17 +157,19 @@ def run_mice(a, dev):
     "Mouse T2 vertebrae: rigidly aligned (GPA without scaling keeps the size groups apart), rasterised."
     from shape_nb.data import load_mice_vertebrae
     from shape_nb.shape import GPA
-    d = load_mice_vertebrae()
+    d = load_mice_vertebrae(bl.require_data(a, "mice_vertebrae"))
     aligned = GPA(scaling=False).fit(d["outlines"]).aligned_
-    return outline_experiment(a, dev, "mice vertebrae", aligned, {"group": d["groups"]}, lm_index=list(d["landmark_index"]))
+    return outline_experiment(a, dev, "mice vertebrae", aligned, {"group": d["groups"]},
+                              lm_index=list(d["landmark_index"]))
 
 
 def run_cells(a, dev):
     "Osteosarcoma cells: centred in their frames, one common scale, rasterised."
     from shape_nb.data import load_osteosarcoma_cells
-    d = load_osteosarcoma_cells()
+    d = load_osteosarcoma_cells(bl.require_data(a, "osteosarcoma_cells"))
     return outline_experiment(a, dev, "osteosarcoma cells", [np.asarray(c, dtype=float) for c in d["contours"]],
-                              {"cell line": d["cell_line"], "treatment": d["treatment"]}, flip_y=True, per_shape="center")
+                              {"cell line": d["cell_line"], "treatment": d["treatment"]}, flip_y=True,
+                              per_shape="center")
 
 
 def run_ct3d(a, dev):
@@ -181,23 +187,26 @@ def run_ct3d(a, dev):
     train = torch.cat([normal[:n_tr], deformed[:12]])
     test_n, test_d = normal[n_tr:], deformed[12:]
     est = make_estimator(a, dev, d=3)
-    secs = fit_timed(est, train)
+    secs = fit_timed(est, train, dev)
     test = torch.cat([test_n, test_d])
     err = est.registration_error(test, all_pairs(len(test))[:200])
     lm_ref = est.predict(normal[:n_tr]); lm_test = est.predict(test)
     z = shape_zscores(lm_ref, lm_test, n_components=0.9)
     y = np.r_[np.zeros(len(test_n)), np.ones(len(test_d))]
     z_true = shape_zscores(cp_n[:n_tr], torch.cat([cp_n[n_tr:], cp_d[12:]]), n_components=0.9)
-    res["phantom3d"] = dict(n_train=len(train), n_test=len(test), train_seconds=secs, rel_reg_error_before=err["before"],
-                            rel_reg_error_after=err["after"], z_normal=float(z[y == 0].mean()), z_deformed=float(z[y == 1].mean()),
+    res["phantom3d"] = dict(n_train=len(train), n_test=len(test), train_seconds=secs,
+                            rel_reg_error_before=err["before"], rel_reg_error_after=err["after"],
+                            z_normal=float(z[y == 0].mean()), z_deformed=float(z[y == 1].mean()),
                             auc=abnormality_auc(z, y), z_true_cp_normal=float(z_true[y == 0].mean()),
                             z_true_cp_deformed=float(z_true[y == 1].mean()), auc_true_cp=abnormality_auc(z_true, y))
     r = res["phantom3d"]
     print(f"3D phantoms {S}^3: {len(train)} train ({n_tr} normal + 12 deformed) / {len(test)} test, K={a.k}+8 corners, "
           f"{a.epochs} epochs in {secs:.0f} s on {dev}")
-    print(f"  held-out relative registration error: before {r['rel_reg_error_before']:.4f}, after {r['rel_reg_error_after']:.4f}")
+    print(f"  held-out relative registration error: before {r['rel_reg_error_before']:.4f}, "
+          f"after {r['rel_reg_error_after']:.4f}")
     print(f"  Mahalanobis Z vs the normal training group: normal {r['z_normal']:.2f}, deformed {r['z_deformed']:.2f}, "
-          f"AUC {r['auc']:.3f}  (true control points: {r['z_true_cp_normal']:.2f} / {r['z_true_cp_deformed']:.2f}, AUC {r['auc_true_cp']:.3f})")
+          f"AUC {r['auc']:.3f}  (true control points: {r['z_true_cp_normal']:.2f} / {r['z_true_cp_deformed']:.2f}, "
+          f"AUC {r['auc_true_cp']:.3f})")
     # the real head CT, downsampled, warped by random TPS perturbations of 8 interior control points
     from shape_nb.io import read_image, resize_image, shared_data_dir
     root = shared_data_dir()
@@ -209,12 +218,12 @@ def run_ct3d(a, dev):
     cps = grid_points(8, 3, 0.45)
     pop, _ = tps_population(vol, cps, n_tr + 12, sigma=0.05, seed=a.seed, padding_mode="border")
     est2 = make_estimator(a, dev, d=3)
-    secs2 = fit_timed(est2, pop[:n_tr])
+    secs2 = fit_timed(est2, pop[:n_tr], dev)
     err2 = est2.registration_error(pop[n_tr:], all_pairs(12)[:132])
-    res["head_ct"] = dict(shape=[S] * 3, source_spacing_mm=list(ct.spacing), n_train=n_tr, n_test=12, train_seconds=secs2,
-                          rel_reg_error_before=err2["before"], rel_reg_error_after=err2["after"])
-    print(f"head CT resampled to {S}^3 ({ct.spacing[0]:.2f}x{ct.spacing[1]:.2f}x{ct.spacing[2]:.2f} mm), {n_tr} warped copies "
-          f"train / 12 test, {a.epochs} epochs in {secs2:.0f} s")
+    res["head_ct"] = dict(shape=[S] * 3, source_spacing_mm=list(ct.spacing), n_train=n_tr, n_test=12,
+                          train_seconds=secs2, rel_reg_error_before=err2["before"], rel_reg_error_after=err2["after"])
+    print(f"head CT resampled to {S}^3 ({ct.spacing[0]:.2f}x{ct.spacing[1]:.2f}x{ct.spacing[2]:.2f} mm), "
+          f"{n_tr} warped copies train / 12 test, {a.epochs} epochs in {secs2:.0f} s")
     print(f"  held-out relative registration error: before {err2['before']:.4f}, after {err2['after']:.4f}")
     return res, est2
 
@@ -236,28 +245,20 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--pairs-per-epoch", type=int, default=1024)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--blur", type=float, default=1.0, help="Gaussian blur (pixels) of rasterised outlines")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--shift", type=float, default=0.15, help="3D: displacement of one control point in the deformed subgroup")
+    ap.add_argument("--shift", type=float, default=0.15,
+                    help="3D: displacement of one control point in the deformed subgroup")
+    bl.common_args(ap, quick_help="tiny smoke run: 32x32 images (3D: 16^3), 12 train / 4 test, 2 epochs, K <= 8")
     a = ap.parse_args()
     defaults = dict(phantoms=(128, 26), mice=(128, 24), cells=(96, 24), ct3d=(32, 16))[a.experiment]
     a.size = a.size or defaults[0]; a.k = a.k or defaults[1]
     if a.quick:
-        a.size, a.n_train, a.n_test, a.epochs, a.pairs_per_epoch, a.k = (16 if a.experiment == "ct3d" else 32), 12, 4, 2, 16, min(a.k, 8)
-    if a.threads: torch.set_num_threads(a.threads)
-    dev = get_device(a.device)
-    seed_everything(a.seed)
+        a.size = 16 if a.experiment == "ct3d" else 32
+        a.n_train, a.n_test, a.epochs, a.pairs_per_epoch, a.k = 12, 4, 2, 16, min(a.k, 8)
+    dev = bl.setup(a)
     res, _ = EXPERIMENTS[a.experiment](a, dev)
-    res["device"] = str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    f = out / f"discovery_{a.experiment}{'_quick' if a.quick else ''}.json"
-    f.write_text(json.dumps(res, indent=1))
-    print(f"wrote {f}")
+    bl.write_results(a, dev, res, f"discovery_{a.experiment}")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@
     python bench/semisup.py --labels 50 --variants supervised full
     python bench/semisup.py --table                                      # print the tables of what has run
     python bench/semisup.py --device cuda --labels 20 --variants full    # benchmark 4 on a GPU (wall time per phase)
+    python bench/semisup.py --quick --device cpu                         # a smoke run (seconds)
 
 Options: --size H W (default 128 104), --epochs-pretrain 100, --rounds 3, --epochs-round 3, --epochs-finetune 20,
---lr 3e-3, --batch-size 4, --z 40 (abnormality threshold Z, original pixels), --seed 0, --threads 1,
---device auto|cpu|cuda (default auto), --out (default bench/results/semisup_<device>.json), --cache DIR
-(pre-trained networks, shared by the variants of one label count and device), --train-options JSON (passed as
-SemiSupervisedDetector(train_options=...) where the library has it), --quick (a smoke run: 32x26 images, 2
-epochs per phase). Results of separate runs are merged into --out.
+--lr 3e-3, --batch-size 4, --z 40 (abnormality threshold Z, original pixels), --cache DIR (pre-trained networks,
+shared by the variants of one label count and device), --train-options JSON (passed as
+SemiSupervisedDetector(train_options=...)), --tag, --table; the common ones (bench/benchlib.py): --device
+auto|cpu|cuda, --threads (default 1), --quick (32x26 images, 2 epochs per phase, 1 round), --out (folder, default
+bench/results), --seed 0. Results of separate runs are merged into <out>/semisup_<device>[_quick].json.
 
 Wall time: every result records the seconds of each phase of the protocol (pre-training, self-training rounds,
 fine-tuning: the training epochs of each phase; 'pseudo' is the rest of the variant's fit: pseudo-labelling with
@@ -31,18 +32,18 @@ training and only used to score pseudo labels). Errors are in pixels of the orig
 pixels of the ISBI 2015 images; Hamedan's true pixel size is unknown).
 """
 import argparse
-import copy
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from shape_nb.core import get_device, index_to_norm, norm_to_index
-from shape_nb.io import read_images, read_labelme, shared_data_dir, stack_images
+from shape_nb.core import index_to_norm, norm_to_index
+from shape_nb.io import read_images, read_labelme, stack_images
 from shape_nb.metrics import detection_report, radial_errors
 from shape_nb.semisup import ABLATIONS, SemiSupervisedDetector
+
+import benchlib as bl
 
 HALF = (835, 670)         # (H, W) of the PNGs; the originals are twice as large
 TO_ORIGINAL = 2.0         # PNG pixels -> original pixels
@@ -52,12 +53,9 @@ LABELS = [f"l{i}" for i in range(1, 20)]
 VARIANTS = {**ABLATIONS, "supervised_ral": dict(self_training=False, shape_regulation=False, region_attention=True)}
 
 
-def load_cephalograms(size, root=None):
-    "Images resized to `size`, farhadifar landmarks (normalised), mollabashi's (PNG pixels, NaN where defective), names."
-    root = Path(root) if root else shared_data_dir()
-    d = None if root is None else root / "cephalograms_hamedan"
-    if d is None or not d.is_dir():
-        raise SystemExit("cephalograms_hamedan not found: put the data in ../shared/data or set SHAPE_NB_DATA")
+def load_cephalograms(size, root):
+    "Images resized to `size`, farhadifar landmarks (normalised), mollabashi's (PNG pixels, NaN if defective), names."
+    d = Path(root) / "cephalograms_hamedan"
     ims = read_images(d / "images", resize=size)
     keep, gt, other, names = [], [], [], []
     for i, im in enumerate(ims):
@@ -95,40 +93,22 @@ def wilcoxon_vs(per_image_a, per_image_b):
     except ValueError: return None
 
 
-def merge_json(path, update):
-    "Read-modify-write `path` under an exclusive lock (runs may finish at the same time)."
-    import fcntl
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"/tmp/{path.name}.lock", "w") as lk:
-        fcntl.flock(lk, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.exists() else {}
-        for k, v in update.items():
-            if isinstance(v, dict) and isinstance(data.get(k), dict): data[k].update(v)
-            else: data[k] = v
-        path.write_text(json.dumps(data, indent=1))
-    return data
-
-
 def pretrained(a, xl, yl, L, spacing):
     "The shared pre-trained detector for L labels (cached on disk)."
     kw = dict(epochs_pretrain=a.epochs_pretrain, lr=a.lr, batch_size=a.batch_size, random_state=a.seed, device=a.device,
               progress=False, spacing=spacing, **a.extra)
     dev = a.dev.type + ("" if a.dev.type == "cpu" else f"_{a.dev.index or 0}")
-    cache = Path(a.cache) / f"v2_pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}_s{a.seed}_{dev}.pt"
+    cache = Path(a.cache) / (f"v2_pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}"
+                             f"_s{a.seed}_{dev}.pt")   # v2: the checkpoint format of Estimator.save
     if cache.exists() and cache.with_suffix(".json").exists():
         print(f"  pre-trained network from {cache}")
         secs = json.loads(cache.with_suffix(".json").read_text())["seconds"]
         return SemiSupervisedDetector.load(cache, device=a.device), secs
-    t0 = time.perf_counter()
-    det = SemiSupervisedDetector(**ABLATIONS["supervised"], epochs_finetune=0, **kw).fit(xl, yl)
-    sync(a.dev)
-    secs = time.perf_counter() - t0
+    with bl.clock(a.dev) as c:
+        det = SemiSupervisedDetector(**ABLATIONS["supervised"], epochs_finetune=0, **kw).fit(xl, yl)
+    secs = c.seconds
     det.save(cache); cache.with_suffix(".json").write_text(json.dumps(dict(seconds=secs)))
     return det, secs
-
-
-def sync(dev):
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
 
 
 def phase_seconds(det, total, pre_secs):
@@ -144,8 +124,7 @@ def phase_seconds(det, total, pre_secs):
 
 
 def run(a):
-    torch.set_num_threads(a.threads)
-    x, y, gt, other, names = load_cephalograms(tuple(a.size))
+    x, y, gt, other, names = load_cephalograms(tuple(a.size), bl.require_data(a, "cephalograms_hamedan"))
     pool, test = split(len(x))
     H, W = a.size
     spacing = [TO_ORIGINAL * HALF[1] / W, TO_ORIGINAL * HALF[0] / H]     # original pixels per network pixel (x, y)
@@ -156,77 +135,84 @@ def run(a):
     meta = dict(device=where, threads=a.threads, torch=torch.__version__, network_input=list(a.size),
                 original_size=[1671, 1340], units="pixels of the original 1340x1671 images (no pixel size given)",
                 sdr_radii_px=list(RADII), n_images=len(x), n_pool=len(pool), n_test=len(test),
-                test_names=[names[i] for i in test], ground_truth="farhadifar; 002 excluded (both annotators defective)",
+                test_names=[names[i] for i in test],
+                ground_truth="farhadifar; 002 excluded (both annotators defective)",
                 backbone="UNet 16-32-64-128, sigmoid heatmaps, integral coordinates",
                 notes=("One training seed per row unless tagged _seed1. 'pretrained' = the shared pre-trained network "
-                       "(L1 on the labelled images) every variant of a label count starts from. supervised: + fine-tuning "
-                       "epochs with L1; supervised_ral: + fine-tuning with L1 + Region Attention loss (a control, not in "
-                       "the paper). Tag _matched: fine-tuning lengthened to 65 epochs so that the supervised network makes "
-                       "as many optimizer steps as the full method (500 pre-training + 3 rounds x 3 epochs x 25 steps + 100 "
-                       "fine-tuning = 825). Pseudo-label MREs use the hidden truth of the unlabelled pool, for diagnosis only."),
+                       "(L1 on the labelled images) every variant of a label count starts from. supervised: + "
+                       "fine-tuning epochs with L1; supervised_ral: + fine-tuning with L1 + Region Attention loss (a "
+                       "control, not in the paper). Tag _matched: fine-tuning lengthened to 65 epochs so that the "
+                       "supervised network makes as many optimizer steps as the full method (500 pre-training + 3 "
+                       "rounds x 3 epochs x 25 steps + 100 fine-tuning = 825). Pseudo-label MREs use the hidden truth "
+                       "of the unlabelled pool, for diagnosis only."),
                 reduced=f"{where}, network input {H}x{W} (original 1671x1340), few epochs (per-result 'settings')",
                 inter_annotator=dict(all_141=dict(mre=inter["mre"], sd=inter["sd"], sdr=inter["sdr"]),
                                      test=dict(mre=inter_test["mre"], sd=inter_test["sd"], sdr=inter_test["sdr"],
                                                n_images=int(ok[test].sum()))))
-    merge_json(a.out, {"meta": meta})
+    bl.write_results(a, a.dev, {"meta": meta}, merge=True)
     for L in a.labels:
         lab, unl = pool[:L], pool[L:]
         print(f"== {L} labelled, {len(unl)} unlabelled, {len(test)} test images ({H}x{W} network input, {where})")
         settings = dict(network_input=list(a.size), epochs_pretrain=a.epochs_pretrain, rounds=a.rounds,
-                        epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr, batch_size=a.batch_size,
-                        z_threshold_px=a.z, seed=a.seed, threads=a.threads)
+                        epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr,
+                        batch_size=a.batch_size, z_threshold_px=a.z, seed=a.seed, threads=a.threads)
         base, pre_secs = pretrained(a, x[lab], y[lab], L, spacing)
         pb = base.predict(x[test])
         rb = errors(pb, gt[test])
         ptag = f"_seed{a.seed}" if a.seed else ""   # the pre-trained network depends on the seed only
-        merge_json(a.out, {"results": {f"{L}/pretrained{ptag}": dict(labels=L, variant="pretrained only", tag=ptag,
-                                                                     mre=rb["mre"], sd=rb["sd"], sdr=rb["sdr"],
-                                                                     seconds=pre_secs, settings=settings)}})
+        rec = dict(labels=L, variant="pretrained only", tag=ptag, mre=rb["mre"], sd=rb["sd"], sdr=rb["sdr"],
+                   seconds=pre_secs, settings=settings)
+        bl.write_results(a, a.dev, {"runs": {f"{L}/pretrained{ptag}": rec}}, merge=True)
         print(f"  pre-trained only: test MRE {rb['mre']:.1f} ({rb['sd']:.1f})")
         for v in a.variants:
-            t0 = time.perf_counter()
-            det = SemiSupervisedDetector(backbone=base.model_, **VARIANTS[v], epochs_pretrain=0, rounds=a.rounds,
-                                         epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr,
-                                         batch_size=a.batch_size, z_threshold=a.z, spacing=spacing,
-                                         random_state=a.seed, device=a.device, progress=False, **a.extra)
-            det.fit(x[lab], y[lab], unlabelled=x[unl] if VARIANTS[v]["self_training"] else None,
-                    unlabelled_landmarks=y[unl] if VARIANTS[v]["self_training"] else None)
-            sync(a.dev)
-            secs = time.perf_counter() - t0
+            with bl.clock(a.dev) as c:
+                det = SemiSupervisedDetector(backbone=base.model_, **VARIANTS[v], epochs_pretrain=0, rounds=a.rounds,
+                                             epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr,
+                                             batch_size=a.batch_size, z_threshold=a.z, spacing=spacing,
+                                             random_state=a.seed, device=a.device, progress=False, **a.extra)
+                det.fit(x[lab], y[lab], unlabelled=x[unl] if VARIANTS[v]["self_training"] else None,
+                        unlabelled_landmarks=y[unl] if VARIANTS[v]["self_training"] else None)
+            secs = c.seconds
             p = det.predict(x[test])
             r = errors(p, gt[test])
             per_img = radial_errors(norm_to_index(p.double().numpy(), HALF), gt[test], TO_ORIGINAL).mean(1)
-            rec = dict(labels=L, variant=v, tag=a.tag, flags=VARIANTS[v], settings=settings, mre=r["mre"], sd=r["sd"], sdr=r["sdr"],
-                       mre_per_landmark=r["mre_per_landmark"], per_image_mre=per_img.tolist(), rounds=det.rounds_,
-                       unlabelled_final_mre=getattr(det, "unlabelled_mre_", None), seconds=secs,
+            rec = dict(labels=L, variant=v, tag=a.tag, flags=VARIANTS[v], settings=settings, mre=r["mre"], sd=r["sd"],
+                       sdr=r["sdr"], mre_per_landmark=r["mre_per_landmark"], per_image_mre=per_img.tolist(),
+                       rounds=det.rounds_, unlabelled_final_mre=getattr(det, "unlabelled_mre_", None), seconds=secs,
                        pretrain_seconds=pre_secs, phase_seconds=phase_seconds(det, secs, pre_secs), device=where,
                        train_options=a.extra.get("train_options"))
-            merge_json(a.out, {"results": {f"{L}/{v}{a.tag}": rec}})
+            bl.write_results(a, a.dev, {"runs": {f"{L}/{v}{a.tag}": rec}}, merge=True)
             print(f"  {v + a.tag:<11s} test MRE {r['mre']:.1f} ({r['sd']:.1f})  SDR@20/25/30/40 px "
                   + " ".join(f"{100 * r['sdr'][k]:.1f}" for k in r["sdr"]) + f"  [{secs:.0f} s]")
             for rd in det.rounds_:
                 print(f"     round {rd['round']}: pseudo-label MRE raw {rd.get('mre_raw', float('nan')):.1f} -> used "
-                      f"{rd.get('mre_pseudo', float('nan')):.1f} (kept only {rd.get('mre_pseudo_kept', float('nan')):.1f}), "
+                      f"{rd.get('mre_pseudo', float('nan')):.1f} (kept only "
+                      f"{rd.get('mre_pseudo_kept', float('nan')):.1f}), "
                       f"abnormal images {100 * rd['frac_abnormal_images']:.0f}%, masked landmarks "
                       f"{100 * rd['frac_masked_landmarks']:.1f}%")
-    tables(a.out)
+    print(f"wrote {bl.result_path(a, a.dev)}")
+    tables(bl.result_path(a, a.dev))
 
 
 def tables(path):
-    data = json.loads(Path(path).read_text())
-    m, res = data["meta"], data.get("results", {})
+    "Print the tables of the results file `path` (all the runs merged into it)."
+    doc = json.loads(Path(path).read_text())
+    if "script" not in doc: raise SystemExit(f"{path} holds results in an older layout")
+    m, res = doc["results"]["meta"], doc["results"].get("runs", {})
     ia = m["inter_annotator"]
     print(f"\nSemi-supervised landmark detection, Hamedan cephalograms: {m['reduced']}; {m['n_test']} test images;")
     print(f"errors in {m['units']}; SDR radii {m['sdr_radii_px']} px.")
     for L in sorted({r["labels"] for r in res.values()}):
         st = next(r["settings"] for r in res.values() if r["labels"] == L)
         print(f"  {L} labels: epochs pre-train {st['epochs_pretrain']}, {st['rounds']} rounds x {st['epochs_round']}, "
-              f"fine-tune {st['epochs_finetune']}; lr {st['lr']:g}, batch {st['batch_size']}, Z = {st['z_threshold_px']:g} px")
+              f"fine-tune {st['epochs_finetune']}; lr {st['lr']:g}, batch {st['batch_size']}, "
+              f"Z = {st['z_threshold_px']:g} px")
     print(f"Inter-annotator floor: MRE {ia['all_141']['mre']:.1f} ({ia['all_141']['sd']:.1f}) on 141 images, "
           f"{ia['test']['mre']:.1f} ({ia['test']['sd']:.1f}) on {ia['test']['n_images']} test images\n")
     head = f"{'labels':>6} {'method':<44} {'MRE (SD)':>14} " + " ".join(f"SDR{r:g}".rjust(7) for r in m["sdr_radii_px"])
-    names = {"supervised": "U-Net (supervised)", "naive": "naive self-training (L1)", "no_shape": "ours w/o shape regulation",
-             "no_ral": "ours w/o region attention loss", "full": "U-Net + ours (full)", "pretrained only": "pre-trained only",
+    names = {"supervised": "U-Net (supervised)", "naive": "naive self-training (L1)",
+             "no_shape": "ours w/o shape regulation", "no_ral": "ours w/o region attention loss",
+             "full": "U-Net + ours (full)", "pretrained only": "pre-trained only",
              "supervised_ral": "supervised, RAL in fine-tuning"}
     def row(r):
         nm = names[r["variant"]] + (f" {r['tag']}" if r.get("tag") else "")
@@ -239,7 +225,8 @@ def tables(path):
         s, f = res.get(f"{L}/supervised"), res.get(f"{L}/full")
         if s and f:
             p = wilcoxon_vs(s["per_image_mre"], f["per_image_mre"])
-            print(f"{'':>6} full - supervised: {f['mre'] - s['mre']:+.1f} px, Wilcoxon signed-rank p = {p:.3g} (per-image MRE, paired)")
+            print(f"{'':>6} full - supervised: {f['mre'] - s['mre']:+.1f} px, Wilcoxon signed-rank p = {p:.3g} "
+                  "(per-image MRE, paired)")
     abl = sorted({r["labels"] for k, r in res.items() if r.get("variant") in ("naive", "no_shape", "no_ral")})
     for L in abl:
         print(f"\nAblation, {L} labels"); print(head)
@@ -253,22 +240,28 @@ def tables(path):
             f = res.get(fk)
             if f and r["labels"] == L and k != fk and "per_image_mre" in r:
                 p = wilcoxon_vs(r["per_image_mre"], f["per_image_mre"])
-                print(f"{'':>6} {fk.split('/')[1]} - {k.split('/')[1]}: {f['mre'] - r['mre']:+.1f} px (Wilcoxon p = {p:.2g})")
-    print("\nPseudo labels on the unlabelled pool per round (MRE vs hidden truth, px; abnormal = some landmark moved > Z)")
-    print(f"{'labels':>6} {'variant':<10} {'round':>5} {'raw':>7} {'used':>7} {'kept':>7} {'abn.img%':>9} {'masked%':>8}")
+                print(f"{'':>6} {fk.split('/')[1]} - {k.split('/')[1]}: {f['mre'] - r['mre']:+.1f} px "
+                      f"(Wilcoxon p = {p:.2g})")
+    print("\nPseudo labels on the unlabelled pool per round (MRE vs hidden truth, px; "
+          "abnormal = some landmark moved > Z)")
+    print(f"{'labels':>6} {'variant':<10} {'round':>5} {'raw':>7} {'used':>7} {'kept':>7} {'abn.img%':>9} "
+          f"{'masked%':>8}")
     for k, r in res.items():
         for rd in r.get("rounds") or []:
-            print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<10} {rd['round']:>5} {rd.get('mre_raw', float('nan')):7.1f} "
-                  f"{rd.get('mre_pseudo', float('nan')):7.1f} {rd.get('mre_pseudo_kept', float('nan')):7.1f} "
+            print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<10} {rd['round']:>5} "
+                  f"{rd.get('mre_raw', float('nan')):7.1f} {rd.get('mre_pseudo', float('nan')):7.1f} "
+                  f"{rd.get('mre_pseudo_kept', float('nan')):7.1f} "
                   f"{100 * rd['frac_abnormal_images']:9.1f} {100 * rd['frac_masked_landmarks']:8.1f}")
         if r.get("unlabelled_final_mre") is not None:
-            print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<10} {'final':>5} {r['unlabelled_final_mre']:7.1f}")
+            print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<10} {'final':>5} "
+                  f"{r['unlabelled_final_mre']:7.1f}")
     timed = [r for r in res.values() if r.get("phase_seconds")]
     if timed:
         n_rounds = max(len([k for k in r["phase_seconds"] if k.startswith("round_")]) for r in timed)
         print(f"\nWall time of the protocol, seconds per phase ({m['device']}; pre-training shared by the variants; "
               f"'pseudo' = pseudo-labelling, regulation, set-up)")
-        print(f"{'labels':>6} {'variant':<16} {'pre-train':>9} " + " ".join(f"{'round ' + str(i + 1):>8}" for i in range(n_rounds))
+        print(f"{'labels':>6} {'variant':<16} {'pre-train':>9} "
+              + " ".join(f"{'round ' + str(i + 1):>8}" for i in range(n_rounds))
               + f" {'pseudo':>7} {'fine-tune':>9} {'total':>8}")
         fmt = lambda v: f"{v:.1f}" if v is not None else "-"
         for r in timed:
@@ -290,31 +283,17 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--z", type=float, default=40.0, help="abnormality threshold Z in original pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--train-options", default=None, help="JSON dict for SemiSupervisedDetector(train_options=...)")
-    p.add_argument("--out", default=None, help="default bench/results/semisup_<device>[_quick].json")
     p.add_argument("--cache", default="/tmp/semisup_cache")
-    p.add_argument("--tag", default="", help="suffix of the result keys, e.g. '_long' for a variant with other settings")
-    p.add_argument("--table", action="store_true", help="only print the tables of --out")
-    p.add_argument("--quick", action="store_true", help="smoke run: 32x26 input, 2 epochs per phase, 1 round")
+    p.add_argument("--tag", default="",
+                   help="suffix of the result keys, e.g. '_long' for a variant with other settings")
+    p.add_argument("--table", action="store_true", help="only print the tables of <out>/semisup_<device>[_quick].json")
+    bl.common_args(p, quick_help="smoke run: 32x26 input, 2 epochs per phase, 1 round", threads=1)
     a = p.parse_args()
-    a.dev = get_device(a.device)
+    a.dev = bl.setup(a)
     a.device = str(a.dev)
-    a.extra = {}
-    if a.train_options:
-        from benchlib import accepts
-        if not accepts(SemiSupervisedDetector, "train_options"):
-            raise SystemExit("--train-options: this version of SemiSupervisedDetector has no train_options parameter")
-        a.extra["train_options"] = json.loads(a.train_options)
+    a.extra = {"train_options": json.loads(a.train_options)} if a.train_options else {}
     if a.quick:
         a.size, a.epochs_pretrain, a.rounds, a.epochs_round, a.epochs_finetune = [32, 26], 2, 1, 1, 2
-    a.out = a.out or f"bench/results/semisup_{a.dev.type}{'_quick' if a.quick else ''}.json"
-    if a.table: tables(a.out)
-    else:
-        try:
-            run(a)
-        except SystemExit as e:   # the smoke run (./run.sh bench) skips without the data; a real run fails
-            if not (a.quick and "not found" in str(e)): raise
-            print(f"bench/semisup.py --quick skipped: {e}")
+    if a.table: tables(bl.result_path(a, a.dev))
+    else: run(a)

@@ -1,8 +1,11 @@
 """TPS fit + warp: shape_nb side by side with kornia and torch-tps on the same inputs.
 
-    python bench/tps.py [--device auto|cpu|cuda] [--quick] [--out bench/results]
     python bench/tps.py --device cuda                  # benchmark 1 on a GPU (2D B=32 256x256, 3D B=4 128^3)
-    OMP_NUM_THREADS=2 python bench/tps.py --device cpu # the CPU table
+    python bench/tps.py --device cpu --threads 2       # the CPU table
+    python bench/tps.py --quick --device cpu           # CPU smoke run (seconds)
+
+Options: --repeats N, and the common ones (bench/benchlib.py): --device auto|cpu|cuda, --threads, --quick,
+--out bench/results, --seed 0. JSON: bench/results/tps_<device>[_quick].json.
 
 Cases (issue defaults): GPU 2D B=32 256x256 K=30, 3D B=4 128^3 K=64; CPU 2D B=8 256x256 K=30, 3D B=4 64^3
 K=64. Every method warps the same images with the same landmark pairs (structure at src -> dst). Accuracy
@@ -13,28 +16,15 @@ medians over repeats, after warm-up, with device synchronisation. `grid_sample o
 that no TPS warp can beat.
 """
 import argparse
-import json
-import platform
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shape_nb.core import get_device, pixel_grid
+from shape_nb.core import pixel_grid
 from shape_nb.tps import tps_grid, tps_warp_image
 
-
-def timeit(fn, device, repeats, warmup=2):
-    for _ in range(warmup): fn()
-    if device.type == "cuda": torch.cuda.synchronize()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); fn()
-        if device.type == "cuda": torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
+import benchlib as bl
 
 
 def make_case(B, shape, K, device, seed=0):
@@ -79,8 +69,8 @@ def torch_tps_warp(img, src, dst):
     return F.grid_sample(img, torch.stack(grids).to(img.dtype), align_corners=False, padding_mode="border")
 
 
-def run_case(name, B, shape, K, device, repeats):
-    img, src, dst = make_case(B, shape, K, device)
+def run_case(name, B, shape, K, device, repeats, seed=0):
+    img, src, dst = make_case(B, shape, K, device, seed)
     d = len(shape)
     ref = tps_grid(src.double(), dst.double(), shape)                      # float64 reference positions
     if d == 2:  # independent check of the reference on one image
@@ -95,19 +85,21 @@ def run_case(name, B, shape, K, device, repeats):
     ready = tps_grid(src, dst, shape)
     methods = {
         "shape_nb fit+warp": lambda im=img: tps_warp_image(im, src, dst),
-        "shape_nb fit+warp, field 1/2": lambda im=img: tps_warp_image(im, src, dst, field_shape=[s // 2 for s in shape]),
+        "shape_nb fit+warp, field 1/2":
+            lambda im=img: tps_warp_image(im, src, dst, field_shape=[s // 2 for s in shape]),
         "shape_nb, no input checks": lambda im=img: tps_warp_image(im, src, dst, validate=False),
         "kornia fit+warp": (lambda im=img: kornia_warp(im, src, dst)) if d == 2 else None,
         "kornia, centres = its fit's (textbook)": (lambda im=img: kornia_warp(im, src, dst, "dst")) if d == 2 else None,
         "torch-tps fit+transform+grid_sample": lambda im=img: torch_tps_warp(im, src, dst),
-        "grid_sample on a ready grid (floor)": lambda im=img: F.grid_sample(im, ready if im.shape[1] == 1 else ready, align_corners=False, padding_mode="border"),
+        "grid_sample on a ready grid (floor)":
+            lambda im=img: F.grid_sample(im, ready, align_corners=False, padding_mode="border"),
     }
     rows = []
     for m, fn in methods.items():
         if fn is None:
             rows.append(dict(case=name, method=m, ms=None, note="2D only")); continue
         try:
-            ms = timeit(fn, device, repeats)
+            ms = bl.median(bl.timed(fn, device, warmup=2, repeats=repeats)) * 1e3
             out = fn()
             img_diff = float((out - ours_img).abs().max())
             gerr = grid_error(lambda ci: fn(ci), B, shape, device, ref)
@@ -119,12 +111,11 @@ def run_case(name, B, shape, K, device, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of this script)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls per method (default 20 on CUDA, 5 on the CPU, 2 with --quick)")
+    bl.common_args(ap, quick_help="tiny sizes (a smoke test of this script)")
     a = ap.parse_args()
-    dev = get_device(a.device)
+    dev = bl.setup(a)
     gpu = dev.type == "cuda"
     if a.quick:
         cases = [("2D B=2 32x32 K=10", 2, (32, 32), 10), ("3D B=1 12^3 K=12", 1, (12, 12, 12), 12)]
@@ -133,24 +124,22 @@ def main():
     else:
         cases = [("2D B=8 256x256 K=30", 8, (256, 256), 30), ("3D B=4 64^3 K=64", 4, (64, 64, 64), 64)]
     repeats = a.repeats or (2 if a.quick else 20 if gpu else 5)
-    machine = torch.cuda.get_device_name(dev) if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"TPS fit+warp benchmark on {dev} ({machine}), torch {torch.__version__}, median of {repeats}")
+    print(f"TPS fit+warp benchmark on {bl.describe(dev)}, median of {repeats}")
     all_rows, checks = [], {}
     for name, B, shape, K in cases:
-        rows, chk = run_case(name, B, shape, K, dev, repeats)
+        rows, chk = run_case(name, B, shape, K, dev, repeats, a.seed)
         all_rows += rows; checks[name] = chk
-        print(f"\n{name}" + (f"   (float64 reference vs scipy RBFInterpolator: max {chk:.1e})" if chk is not None else ""))
+        print(f"\n{name}"
+              + (f"   (float64 reference vs scipy RBFInterpolator: max {chk:.1e})" if chk is not None else ""))
         base = next(r["ms"] for r in rows if r["method"] == "shape_nb fit+warp")
         print(f"  {'method':40s} {'ms':>9s} {'vs shape_nb':>12s} {'max grid err':>13s} {'max img diff':>13s}")
         for r in rows:
             if r["ms"] is None:
                 print(f"  {r['method']:40s} {'n/a':>9s}   {r.get('note', '')}"); continue
-            print(f"  {r['method']:40s} {r['ms']:9.2f} {r['ms'] / base:11.2f}x {r['max_grid_err']:13.2e} {r['max_img_diff_vs_shape_nb']:13.2e}")
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    f = out / f"tps_{dev.type}{'_quick' if a.quick else ''}.json"
-    f.write_text(json.dumps(dict(device=str(dev), machine=machine, torch=torch.__version__, repeats=repeats,
-                                 reference_vs_scipy=checks, rows=all_rows), indent=2))
-    print(f"\nwrote {f}")
+            print(f"  {r['method']:40s} {r['ms']:9.2f} {r['ms'] / base:11.2f}x {r['max_grid_err']:13.2e} "
+                  f"{r['max_img_diff_vs_shape_nb']:13.2e}")
+    print()
+    bl.write_results(a, dev, dict(repeats=repeats, reference_vs_scipy=checks, rows=all_rows))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ from .estimator import Estimator, finish_out, prepare_out, run_options
 from .io import file_stem, read_images, read_landmark_folder, read_landmarks_csv, stack_images, write_particles
 from .nets import BaseDeepSSM, TLDeepSSM
 from .shape import KDESampler, ShapePCA, apply_similarity, procrustes_align
+from .metrics import correspondence_rmse, pointwise_error
 from .tps import tps_apply, tps_fit, tps_warp_image
 from .train import TrainConfig, dist_info, make_loader, train_config, train_device
 from .train import fit as fit_model
+from .viz import correspondence_figure, image_figure, point_sets_figure, records_table, report_section
+from .viz import slices_figure, summary_table, training_curves, write_report
 
 # %% auto #0
 __all__ = ['ellipsoid_dataset', 'farthest_point_sampling', 'vertex_normals', 'cam_lesion', 'ct_like', 'femur_dataset',
@@ -609,12 +612,7 @@ def _fit_base(self: DeepSSM, X, Y, Xv, Yv, Preal):
 @patch
 def _images_in(self: DeepSSM, images):
     "`images` as a float tensor, checked against the training image shape."
-    self._check_fitted()
-    x = as_images(images)
-    if tuple(x.shape[1:]) != self.image_shape_:
-        raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
-                         f"resample them to the training size first")
-    return x
+    return self._check_images(images)
 
 @patch
 def _run(self: DeepSSM, images, batch_size):
@@ -829,7 +827,7 @@ def _train_summary(est: DeepSSM, n_images: int, n_val: int, checkpoint) -> dict:
 
 def train_from_folder(images,                      # training images: folder, glob pattern or list of files
                       landmarks,                   # their correspondences: .particles files or a .csv
-                      out="deepssm_out",           # output folder: deepssm.pt and summary.json
+                      out="deepssm_out",           # output folder: deepssm.pt, summary.json, report.html
                       *,
                       validation_images=None,      # optional validation images ...
                       validation_landmarks=None,   # ... and their correspondences
@@ -839,10 +837,8 @@ def train_from_folder(images,                      # training images: folder, gl
                       train_options: dict | None = None,  # more TrainConfig settings (accumulate, amp, ...)
                       **params,                    # `DeepSSM` parameters (kind, focal, epochs, n_augment, device, ...)
                      ) -> DeepSSM:                 # fitted, with `summary_` (the summary.json dict)
-    "Train DeepSSM on image and correspondence files; write the checkpoint and a summary to `out`."
-    valid = DeepSSM._get_param_names()
-    bad = sorted(set(params) - set(valid))
-    if bad: raise InputError(f"unknown DeepSSM parameter(s) {bad}; valid: {', '.join(valid)}")
+    "Train DeepSSM on image and correspondence files; write the checkpoint, a summary and a report to `out`."
+    DeepSSM._check_param_names(params)
     if (validation_images is None) != (validation_landmarks is None):
         raise InputError("give both validation_images and validation_landmarks, or neither")
     ims, x, P = _read_pairs(images, landmarks, resize, "landmarks")
@@ -860,9 +856,62 @@ def train_from_folder(images,                      # training images: folder, gl
     path = est.save(out / "deepssm.pt")
     est.summary_ = _train_summary(est, len(x), 0 if validation is None else len(validation[0]), path)
     (out / "summary.json").write_text(json.dumps(est.summary_, indent=1))
+    source = str(images) if isinstance(images, (str, Path)) else f"{len(x)} image files"
+    report = _write_train_report(est, x, P, validation, out, est.summary_, source)
     finish_out(out)
-    print(f"wrote {path} and {out / 'summary.json'}")
+    print(f"wrote {path}, {out / 'summary.json'} and {report}")
     return est
+
+# %% ../nbs/20_deepssm.ipynb #0ec9754b
+def _eval_set(est: DeepSSM, x, P, validation):
+    "The pairs the report measures: the validation pairs of the fit, else the training pairs; and their name."
+    _, _, _, _, tr, (xv, Pv), _ = est._prepare(x, P, validation, None, None, None)
+    if xv is not None: return xv, Pv, "validation"
+    return (x, P, "training") if len(tr) == len(x) else (x[torch.as_tensor(tr)], P[tr], "training")
+
+def _point_rmse(est: DeepSSM, x, P) -> tuple:
+    "Per-point RMSE (M,) over the shapes of (x, P), the mean per-shape RMSE (eq. 12), and that of the mean shape."
+    pred = est.predict(x)
+    mean = np.broadcast_to(est.mean_shape_, P.shape)
+    return pointwise_error(pred, P).rmse, float(correspondence_rmse(pred, P).mean()), float(
+        correspondence_rmse(mean, P).mean())
+
+def _settings(est: DeepSSM) -> dict:
+    "The main parameters of a model, for the report tables."
+    epochs = est.epochs if est.kind == "base" else {
+        k: v if v is not None else est.epochs
+        for k, v in (("autoencoder", est.ae_epochs), ("tflank", est.tflank_epochs), ("joint", est.joint_epochs))}
+    size = {"PCA components": est.pca_.n_components_} if est.kind == "base" else {"latent size": est.latent}
+    return {"model": f"{est.kind} ({est.loss} loss)" if est.kind == "base" else est.kind, "focal loss": est.focal,
+            **size, "augmented pairs": est.n_augment, "epochs": epochs, "batch size": est.batch_size,
+            "learning rate": est.lr, "patience": est.patience, "device": str(next(est.model_.parameters()).device)}
+
+# %% ../nbs/20_deepssm.ipynb #15ad3676
+def _write_train_report(est: DeepSSM, x, P, validation, out: Path, summary: dict, source: str) -> Path:
+    "report.html of a training run: summary table, training curves, RMSE per stage and per correspondence."
+    xe, Pe, which = _eval_set(est, x, P, validation)
+    per_point, rmse, base = _point_rmse(est, xe, Pe)
+    pairs = f"{len(xe)} pair" + ("s" if len(xe) != 1 else "")
+    val = (f"{pairs} given" if validation is not None else
+           f"{pairs} split from the training images" if which == "validation" else "none")
+    shape = summary["image_shape"]
+    table = summary_table({
+        "data": {"images": summary["n_images"], "validation": val, "size": " x ".join(map(str, shape)),
+                 "dimension": f"{est.d_}D", "correspondences": est.n_landmarks_, "source": source},
+        "settings": _settings(est),
+        "results": {f"RMSE, {which} pairs": rmse, f"RMSE of the mean shape, {which} pairs": base,
+                    "largest per-point RMSE": float(per_point.max())}})
+    stages = [dict(stage=k, **v, stopped=est.history_[k].stopped) for k, v in summary["stages"].items()]
+    rk = [k for k in ("train_rmse", "val_rmse") if any(k in r for h in est.history_.values() for r in h.records)]
+    fig = correspondence_figure(est.mean_shape_, per_point, value_name="RMSE", point_size=4)
+    if est.d_ == 2: fig.update_yaxes(autorange="reversed")                  # y down, as in the images
+    parts = [table, report_section("Training", "Loss and RMSE per epoch, the stages one after the other."),
+             training_curves(est.history_), training_curves(est.history_, keys=rk) if rk else None,
+             records_table(stages, ["stage", "epochs", "best_epoch", "stopped", "train_rmse", "val_rmse"],
+                           caption="RMSE per stage (last epoch)"),
+             report_section("Error per correspondence", f"RMSE of each point over the {which} set ({pairs}), drawn "
+                            "on the training mean shape, in the units of the landmarks."), fig]
+    return write_report(out / "report.html", f"DeepSSM training: {summary['n_images']} images", parts)
 
 # %% ../nbs/20_deepssm.ipynb #10b1269a
 def _write_points_csv(path, names, P) -> Path:
@@ -876,7 +925,7 @@ def _write_points_csv(path, names, P) -> Path:
 
 def predict_folder(checkpoint,                 # a `DeepSSM.save` / `train_from_folder` checkpoint (OUT/deepssm.pt)
                    images,                     # folder, glob pattern or list of image files
-                   out="deepssm_pred",         # output folder: landmarks.csv, .particles files (3D), summary.json
+                   out="deepssm_pred",         # output: landmarks.csv, .particles (3D), summary.json, report.html
                    *,
                    resize: Sequence[int] | None = None,  # resample the images to this shape first (default: as read)
                    device: str = "cpu",        # where the network runs
@@ -897,4 +946,31 @@ def predict_folder(checkpoint,                 # a `DeepSSM.save` / `train_from_
     summary = dict(checkpoint=str(checkpoint), n_images=len(ims), n_landmarks=P.shape[1], image_shape=list(trained),
                    names=names, csv=str(_write_points_csv(out / "landmarks.csv", names, P)), particles=particles)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_predict_report(est, ims, P, names, out, summary)
     return {**summary, "points": P}
+
+# %% ../nbs/20_deepssm.ipynb #c493fc18
+def _write_predict_report(est: DeepSSM, ims, P, names, out: Path, summary: dict, max_report: int = 4) -> Path:
+    "report.html of a prediction run: summary table, distances to the mean shape, the first predictions."
+    dist = correspondence_rmse(P, np.broadcast_to(est.mean_shape_, P.shape))  # (n,) RMS distance over the points
+    m, d = min(max_report, len(ims)), P.shape[2]
+    norm = [mm_to_norm(P[i], ims[i].shape, ims[i].spacing, ims[i].origin) for i in range(m)]
+    table = summary_table({
+        "data": {"images": len(ims), "size": " x ".join(map(str, summary["image_shape"])), "dimension": f"{d}D",
+                 "correspondences": P.shape[1]},
+        "settings": {"checkpoint": summary["checkpoint"], **{k: v for k, v in _settings(est).items()
+                                                              if k in ("model", "device")}},
+        "results": {"distance to the mean shape, median": float(np.median(dist)),
+                    "distance to the mean shape, largest": float(dist.max()),
+                    "farthest from the mean shape": names[int(dist.argmax())]}})
+    rows = [dict(image=names[i], distance_to_mean_shape=float(dist[i])) for i in np.argsort(-dist)]
+    if d == 2: figs = [image_figure(np.stack([im.array for im in ims[:m]]), {"predicted": np.stack(norm)},
+                                    titles=names[:m])]
+    else: figs = [slices_figure(ims[0].array, {"predicted": norm[0]}, spacing=ims[0].spacing, max_size=64),
+                  point_sets_figure({names[i]: P[i] for i in range(m)})]
+    parts = [table, report_section("Predictions", f"The first {m} images" + (
+                 "" if d == 2 else f": the slices through the centre of {names[0]}, then the shapes in the units of "
+                 "the landmarks") + "."), *figs,
+             report_section("Distance to the training mean shape", "RMS over the points, in the units of the "
+                            "landmarks; the largest first."), records_table(rows, max_rows=50)]
+    return write_report(out / "report.html", f"DeepSSM prediction: {len(ims)} images", parts)

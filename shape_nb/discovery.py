@@ -241,11 +241,7 @@ def predict(self: LandmarkDiscovery,
             all_landmarks: bool = False,   # every trained landmark, also the pruned ones
            ) -> torch.Tensor:              # (n, K, d) normalised (x, y[, z]), on the CPU
     "Landmarks of `images`: the kept ones (`kept_`, all after `fit`) unless `all_landmarks`."
-    self._check_fitted()
-    x = as_images(images)
-    if tuple(x.shape[1:]) != self.image_shape_:
-        raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got "
-                         f"{tuple(x.shape[1:])}; resize them first")
+    x = self._check_images(images)
     dev = next(self.model_.parameters()).device
     self.model_.eval()
     with torch.no_grad():
@@ -462,9 +458,7 @@ def train_from_folder(images,                      # folder, glob, list of image
                       **params,                    # `LandmarkDiscovery` parameters (n_landmarks, epochs, lam, ...)
                      ) -> LandmarkDiscovery:       # fitted, with `summary_` (the summary.json dict)
     "Discover landmarks on a set of image files and write the landmarks, importances, checkpoint and a report to `out`."
-    valid = LandmarkDiscovery._get_param_names()
-    bad = sorted(set(params) - set(valid))
-    if bad: raise InputError(f"unknown LandmarkDiscovery parameter(s) {bad}; valid: {', '.join(valid)}")
+    LandmarkDiscovery._check_param_names(params)
     est = LandmarkDiscovery(**params)
     k = est.n_landmarks
     if k < 1: raise InputError(f"n_landmarks must be >= 1, got {k}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from .core import InputError, get_device
+from .core import InputError, as_images, get_device
 from .train import History, load_checkpoint, save_checkpoint
 
 # %% auto #0
@@ -54,6 +54,23 @@ class Estimator(BaseEstimator):
     def _set_state(self, state: dict, weights: dict | None, device: torch.device):
         "Rebuild the learned attributes (and `model_`, on `device`) from `_get_state`'s dict and the weights."
         raise NotImplementedError
+
+    def _check_images(self, images, name: str = "images") -> torch.Tensor:
+        "New images as a float tensor `(n, 1, *spatial)`, refused unless they have the training shape."
+        self._check_fitted()
+        x = as_images(images, name)
+        if tuple(x.shape[1:]) != tuple(self.image_shape_):
+            raise InputError(f"{name}: expected images of shape {tuple(self.image_shape_)} (as in fit), got "
+                             f"{tuple(x.shape[1:])}; resize them first (e.g. shape_nb.io.read_images(..., "
+                             f"resize={list(self.image_shape_[1:])}))")
+        return x
+
+    @classmethod
+    def _check_param_names(cls, params: dict):
+        "Refuse keyword arguments that are not parameters of this estimator, naming the valid ones."
+        valid = cls._get_param_names()
+        bad = sorted(set(params) - set(valid))
+        if bad: raise InputError(f"unknown {cls.__name__} parameter(s) {bad}; valid: {', '.join(valid)}")
 
     def fit_predict(self, images, *args, **kwargs):
         "`fit(images, ...)`, then the landmarks `predict(images)` of the same images."

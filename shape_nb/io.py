@@ -5,8 +5,10 @@
 # %% ../nbs/02_io.ipynb #60a1bb29
 from __future__ import annotations
 
+import bz2
 import csv
 import glob
+import io
 import json
 import math
 import os
@@ -23,9 +25,9 @@ import torch.nn.functional as F
 from .core import InputError, MissingFileError, index_to_norm, to_numpy
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'LANDMARK_EXTENSIONS', 'shared_data_dir', 'Image', 'read_image', 'write_image', 'natural_key',
-           'resize_image', 'read_images', 'stack_images', 'file_stem', 'read_labelme', 'write_labelme', 'read_pts',
-           'write_pts', 'TpsSpecimen', 'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv',
+__all__ = ['IMAGE_EXTENSIONS', 'MAX_VOXELS', 'LANDMARK_EXTENSIONS', 'shared_data_dir', 'Image', 'read_image', 'write_image',
+           'natural_key', 'resize_image', 'read_images', 'stack_images', 'file_stem', 'read_labelme', 'write_labelme',
+           'read_pts', 'write_pts', 'TpsSpecimen', 'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv',
            'read_particles', 'write_particles', 'check_landmarks', 'read_landmark_folder']
 
 # %% ../nbs/02_io.ipynb #dd95f931
@@ -81,6 +83,43 @@ def _kind(path, table=_IMAGE_KINDS, what="image") -> str:
         raise InputError(f"{path}: unsupported {what} extension {e or '(none)'!r}; supported: {' '.join(table)}")
     return table[e]
 
+# %% ../nbs/02_io.ipynb #ae162507
+MAX_VOXELS = int(os.environ.get("SHAPE_NB_MAX_VOXELS", 2 ** 31))   # the largest image a header may announce
+_DEFLATE_MAX_RATIO = 1032   # the most a deflate (zlib/gzip) stream expands
+
+def _check_size(p: Path, shape, dtype, what: str, have: int | None = None, compressed: bool = False) -> int:
+    "Elements a header announces; an `InputError` if a size is < 1, the total is over `MAX_VOXELS` or over the file."
+    shape = tuple(int(s) for s in shape)
+    n, dims, dtype = math.prod(shape), " x ".join(map(str, shape)) or "()", np.dtype(dtype)
+    if not shape or min(shape) < 1:
+        raise InputError(f"{p}: {what} header announces size {dims}; every size must be at least 1")
+    need = n * dtype.itemsize
+    if n > MAX_VOXELS:
+        raise InputError(f"{p}: {what} header announces {dims} = {n:,} voxels ({need / 2 ** 30:,.3g} GiB), over the "
+                         f"limit MAX_VOXELS = {MAX_VOXELS:,}: a corrupt or hostile header; if the image is real, raise "
+                         f"shape_nb.io.MAX_VOXELS (or set SHAPE_NB_MAX_VOXELS)")
+    if have is not None and need > have * (_DEFLATE_MAX_RATIO if compressed else 1):
+        held = f"{have:,} compressed bytes, which cannot expand to that" if compressed else f"only {have:,} bytes"
+        raise InputError(f"{p}: {what} header announces {dims} of {dtype.name} ({need:,} bytes) but the file holds "
+                         f"{held}; the file is truncated or its header is wrong")
+    return n
+
+def _data_file(p: Path, name: str, what: str, must_exist: bool = True) -> Path:
+    "The data file a detached header names: a regular file in the header's folder or below, else an `InputError`."
+    f = p.parent / name.strip()
+    try: inside = f.resolve().is_relative_to(p.parent.resolve())
+    except (OSError, RuntimeError, ValueError) as e:    # a NUL byte, a symlink loop
+        raise InputError(f"{p}: its {what} {name[:80]!r} is not a usable path ({e})") from None
+    if not inside:
+        raise InputError(f"{p}: its {what} {name[:80]!r} points outside the header's folder {p.parent}; data files "
+                         f"are read only next to (or below) their header: move the file there and name it relatively")
+    if not must_exist: return f
+    if not f.exists(): raise MissingFileError(f"{p}: its {what} {name} is missing (looked for {f})")
+    if not f.is_file():
+        raise InputError(f"{p}: its {what} {name[:80]!r} is not a regular file (a folder, device or pipe); name the "
+                         f"file that holds the voxels")
+    return f
+
 # %% ../nbs/02_io.ipynb #d07a50f8
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, as Pillow's "L"
 
@@ -95,11 +134,22 @@ def _pil_frame(im) -> np.ndarray:
 
 def _read_pil(p: Path):
     from PIL import Image as PILImage
-    with PILImage.open(p) as im:
-        frames = []
-        for i in range(getattr(im, "n_frames", 1)):
-            im.seek(i); im.load()
-            frames.append(_pil_frame(im))
+    limit = PILImage.MAX_IMAGE_PIXELS
+    why = "refused before decoding; if the image is real, raise PIL.Image.MAX_IMAGE_PIXELS"
+    try:
+        with PILImage.open(p) as im:    # Pillow refuses over 2 x MAX_IMAGE_PIXELS pixels here, and we over 1 x below
+            n = getattr(im, "n_frames", 1)
+            _check_size(p, (n, *im.size[::-1]), np.float32, im.format or "image")
+            frames = []
+            for i in range(n):
+                im.seek(i)
+                if limit and im.size[0] * im.size[1] > limit:
+                    raise InputError(f"{p}: image size ({im.size[0] * im.size[1]} pixels) exceeds limit of {limit} "
+                                     f"pixels (Pillow's decompression-bomb limit): {why}")
+                im.load()
+                frames.append(_pil_frame(im))
+    except PILImage.DecompressionBombError as e:
+        raise InputError(f"{p}: {e} ({why})") from None
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise InputError(f"{p}: the pages of this multi-page file have different sizes {sorted(shapes)}; "
@@ -109,7 +159,10 @@ def _read_pil(p: Path):
 
 def _read_nifti(p: Path):
     import nibabel as nib
-    img = nib.load(str(p))
+    img = nib.load(str(p))                       # the header only
+    gz, size = _ext(p) == ".nii.gz", p.stat().st_size
+    _check_size(p, img.shape, img.header.get_data_dtype(), "NIfTI",
+                size if gz else size - int(getattr(img.dataobj, "offset", 0)), compressed=gz)
     a = img.get_fdata(dtype=np.float32)          # (i, j, k) = (x, y, z), scl_slope/inter applied
     while a.ndim > 3 and a.shape[-1] == 1: a = a[..., 0]
     nd = a.ndim
@@ -117,9 +170,99 @@ def _read_nifti(p: Path):
         raise InputError(f"{p}: NIfTI data has shape {a.shape} (x, y, z, ...); only 2D or 3D images are supported")
     return a.T, tuple(float(z) for z in img.header.get_zooms()[:nd]), tuple(float(o) for o in img.affine[:nd, 3])
 
-def _read_nrrd(p: Path):
+def _read_npy(p: Path):
+    fmt = np.lib.format
+    with open(p, "rb") as f:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise InputError(f"{p}: .npy format version {version} is not supported; save the array with numpy.save")
+        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        if dtype.hasobject:
+            raise InputError(f"{p}: .npy holds Python objects (dtype {dtype}), which are never unpickled; "
+                             f"save a numeric array")
+        if dtype.kind not in "biuf":
+            raise InputError(f"{p}: .npy dtype {dtype} is not a real number type; save a bool, integer or float array")
+        if len(shape) not in (2, 3):
+            raise InputError(f"{p}: .npy array has shape {shape}; expected (H, W) or (D, H, W)")
+        n = _check_size(p, shape, dtype, ".npy", os.fstat(f.fileno()).st_size - f.tell())
+        a = np.fromfile(f, dtype=dtype, count=n).reshape(shape, order="F" if fortran else "C")
+    return a, (1.0,) * a.ndim, (0.0,) * a.ndim
+
+# %% ../nbs/02_io.ipynb #d5612eda
+_NRRD_TYPES = {name: code for code, names in {
+    "i1": "signed char|int8|int8_t", "u1": "uchar|unsigned char|uint8|uint8_t",
+    "i2": "short|short int|signed short|signed short int|int16|int16_t",
+    "u2": "ushort|unsigned short|unsigned short int|uint16|uint16_t",
+    "i4": "int|signed int|int32|int32_t", "u4": "uint|unsigned int|uint32|uint32_t",
+    "i8": "longlong|long long|long long int|signed long long|signed long long int|int64|int64_t",
+    "u8": "ulonglong|unsigned long long|unsigned long long int|uint64|uint64_t",
+    "f4": "float", "f8": "double"}.items() for name in names.split("|")}
+_NRRD_PACKED = ("gzip", "gz", "bzip2", "bz2")
+
+def _nrrd_header(p: Path, fh) -> dict:
+    "The header of an open NRRD file (pynrrd's parser); multi-file data and data files outside its folder are refused."
     import nrrd
-    a, h = nrrd.read(str(p), index_order="C")    # array order (z, y, x); header fields stay in file order (x, y, z)
+    lines = []
+    while len(lines) < 10_000:
+        line = fh.readline(1 << 16)
+        if not line.strip(): break                          # a blank line (or the end of the file) ends the header
+        lines.append(line.decode("latin-1").rstrip("\r\n"))
+    i = next((i for i, l in enumerate(lines) if re.match(r"data ?file\s*:", l)), None)
+    if i is not None:
+        value = lines[i].split(":", 1)[1].lstrip("=").strip()
+        toks = value.split()
+        many = toks[:1] == ["LIST"] or len(toks) >= 4 and "%" in toks[0]
+        for name in lines[i + 1:] if toks[:1] == ["LIST"] else toks[:1] if many else [value]:
+            _data_file(p, name, "data file", must_exist=False)
+        if many:
+            raise InputError(f"{p}: 'data file: {value[:60]}' (one file per slice) is not supported; write the image "
+                             f"as one .nrrd, or a .nhdr with one data file")
+        lines = lines[:i + 1]
+    return nrrd.read_header(lines)
+
+def _nrrd_data(p: Path, src, h: dict) -> np.ndarray:
+    "The voxels a parsed NRRD header describes, read from `src` once their announced size is checked."
+    sizes = [int(s) for s in np.atleast_1d(h.get("sizes", []))]
+    if int(h.get("dimension", len(sizes))) != len(sizes):
+        raise InputError(f"{p}: NRRD header says dimension {h['dimension']} but lists {len(sizes)} sizes")
+    t, enc = str(h.get("type")), str(h.get("encoding", "raw")).lower()
+    if t not in _NRRD_TYPES: raise InputError(f"{p}: NRRD type {t!r} is not supported (integers, float or double)")
+    dt = np.dtype(_NRRD_TYPES[t]).newbyteorder(">" if h.get("endian") == "big" else "<")
+    for _ in range(int(h.get("line skip", h.get("lineskip", 0)))):
+        if not src.readline(): break
+    skip, packed = int(h.get("byte skip", h.get("byteskip", 0))), enc in _NRRD_PACKED
+    if skip < -1 or skip == -1 and packed:
+        raise InputError(f"{p}: NRRD byte skip {skip} is not supported with {enc} encoding")
+    if skip > 0 and not packed: src.seek(skip, 1)
+    have = os.fstat(src.fileno()).st_size - src.tell()
+    if enc == "raw":
+        n = _check_size(p, sizes, dt, "NRRD", have)
+        if skip == -1: src.seek(-n * dt.itemsize, 2)
+        buf = src.read(n * dt.itemsize)
+    elif packed:
+        n = _check_size(p, sizes, dt, "NRRD", have if enc.startswith("g") else None, compressed=True)
+        d = zlib.decompressobj(zlib.MAX_WBITS | 32) if enc.startswith("g") else bz2.BZ2Decompressor()
+        buf = d.decompress(src.read(), skip + n * dt.itemsize)[skip:]      # never past the announced size
+    elif enc in ("ascii", "text", "txt"):
+        n = _check_size(p, sizes, dt, "NRRD")
+        vals = src.read().decode("latin-1").split()[:n]
+        if len(vals) < n: raise InputError(f"{p}: NRRD text data holds {len(vals)} values, expected {n}; truncated")
+        return np.array(vals, dtype=np.float64).reshape(sizes[::-1])
+    else:
+        raise InputError(f"{p}: NRRD encoding {enc!r} is not supported; use raw, gzip, bzip2 or ascii")
+    if len(buf) < n * dt.itemsize:
+        raise InputError(f"{p}: NRRD holds {len(buf):,} bytes of data, expected {n * dt.itemsize:,} for sizes {sizes} "
+                         f"of {t}; the file is truncated")
+    return np.frombuffer(buf, dt, count=n).reshape(sizes[::-1])
+
+# %% ../nbs/02_io.ipynb #4f696f22
+def _read_nrrd(p: Path):
+    with open(p, "rb") as fh:
+        h = _nrrd_header(p, fh)
+        name = h.get("data file", h.get("datafile"))
+        if name is None: a = _nrrd_data(p, fh, h)            # array order (z, y, x); header fields in (x, y, z)
+        else:
+            with open(_data_file(p, name, "data file"), "rb") as src: a = _nrrd_data(p, src, h)
     nd = a.ndim
     if h.get("space directions") is not None:
         sd = np.asarray(h["space directions"], dtype=float)
@@ -141,12 +284,6 @@ def _read_nrrd(p: Path):
     origin = h.get("space origin")
     origin = [0.0] * len(spatial) if origin is None else [float(o) for o in np.asarray(origin, float)[:len(spatial)]]
     return a, tuple(spacing), tuple(origin)
-
-def _read_npy(p: Path):
-    a = np.load(p, allow_pickle=False)
-    if a.ndim not in (2, 3):
-        raise InputError(f"{p}: .npy array has shape {a.shape}; expected (H, W) or (D, H, W)")
-    return a, (1.0,) * a.ndim, (0.0,) * a.ndim
 
 # %% ../nbs/02_io.ipynb #c9dd8920
 _MET_TYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
@@ -171,6 +308,22 @@ def _meta_header(p: Path, raw: bytes):
         if end < 0:
             raise InputError(f"{p}: MetaImage header has no ElementDataFile line (is the file truncated?)")
 
+def _meta_data(p: Path, raw: bytes, pos: int, h: dict, compressed: bool, need: int) -> bytes:
+    "The (still compressed) data bytes: after the header (LOCAL) or from the data file next to it."
+    src = h["elementdatafile"]
+    if src.upper().startswith("LIST") or "%" in src:
+        names = raw[pos:].decode("latin-1").split() if src.upper().startswith("LIST") else src.split()[:1]
+        for name in names: _data_file(p, name, "ElementDataFile", must_exist=False)
+        raise InputError(f"{p}: ElementDataFile = {src[:60]} (one file per slice) is not supported; convert the "
+                         f"image to a single .mha first")
+    if src.upper() == "LOCAL": return raw[pos:]
+    data = _data_file(p, src, "ElementDataFile").read_bytes()
+    hs = int(h.get("headersize", 0))
+    if hs >= 0: return data[hs:]
+    if hs < -1 or compressed and "compresseddatasize" not in h:
+        raise InputError(f"{p}: HeaderSize = {hs} is not supported{' without CompressedDataSize' * compressed}")
+    return data[max(len(data) - (int(h["compresseddatasize"]) if compressed else need), 0):]   # -1: data at the end
+
 def _read_meta(p: Path):
     raw = p.read_bytes()
     h, pos = _meta_header(p, raw)
@@ -186,29 +339,17 @@ def _read_meta(p: Path):
     msb = (get("elementbyteordermsb", "binarydatabyteordermsb") or "False").lower() == "true"
     dtype = np.dtype(_MET_TYPES[et]).newbyteorder(">" if msb else "<")
     ch = int(h.get("elementnumberofchannels", 1))
+    if ch not in (1, 3, 4): raise InputError(f"{p}: {ch} channels per pixel; only 1, 3 (RGB) or 4 (RGBA) are supported")
     compressed = h.get("compresseddata", "False").lower() == "true"
     n = math.prod(dims) * ch
-    src = h["elementdatafile"]
-    if src.upper() == "LOCAL":
-        data = raw[pos:]
-    elif src.upper().startswith("LIST") or "%" in src:
-        raise InputError(f"{p}: ElementDataFile = {src} (one file per slice) is not supported; convert the image "
-                         f"to a single .mha first")
-    else:
-        df = p.parent / src
-        if not df.is_file(): raise MissingFileError(f"{p}: its ElementDataFile {src} is missing (looked for {df})")
-        data = df.read_bytes()
-        hs = int(h.get("headersize", 0))
-        data = data[len(data) - n * dtype.itemsize:] if hs == -1 and not compressed else data[hs:]
-    if compressed: data = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(data)   # zlib or gzip stream
+    data = _meta_data(p, raw, pos, h, compressed, n * dtype.itemsize)
+    _check_size(p, dims + [ch] * (ch > 1), dtype, "MetaImage", len(data), compressed)
+    if compressed: data = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(data, n * dtype.itemsize)  # zlib or gzip
     if len(data) < n * dtype.itemsize:
         raise InputError(f"{p}: MetaImage holds {len(data)} bytes of data, expected {n * dtype.itemsize} for "
                          f"DimSize {dims} x {ch} channel(s) of {et}; the file is truncated")
     a = np.frombuffer(data, dtype=dtype, count=n).reshape(dims[::-1] + ([ch] if ch > 1 else []))
-    if ch > 1:
-        if ch not in (3, 4):
-            raise InputError(f"{p}: {ch} channels per pixel; only 1, 3 (RGB) or 4 (RGBA) are supported")
-        a = a.astype(np.float32)[..., :3] @ _LUMA
+    if ch > 1: a = a.astype(np.float32)[..., :3] @ _LUMA
     spacing = get("elementspacing", "elementsize")
     origin = get("offset", "origin", "position")
     return (a, tuple(floats(spacing)[:nd]) if spacing else (1.0,) * nd,
@@ -222,25 +363,30 @@ def read_image(path: str | os.PathLike,  # .png .jpg .jpeg .bmp .tif .tiff .nii 
     "Read a 2D or 3D grey image as float32 in array order, with spacing and origin in (x, y[, z]) order."
     p = Path(path)
     kind = _kind(p)
-    if not p.is_file(): raise MissingFileError(f"image file not found: {p}")
+    if not p.exists(): raise MissingFileError(f"image file not found: {p}")
+    if not p.is_file(): raise InputError(f"{p}: not a regular file (a folder, device or pipe); give an image file")
     try:
         a, spacing, origin = _READERS[kind](p)
-    except FileNotFoundError: raise
+    except InputError: raise
+    except FileNotFoundError as e:
+        raise MissingFileError(f"{p}: a file it needs is missing ({e.filename}: {e.strerror})") from e
     except PermissionError as e:
         raise InputError(f"cannot read {p}: permission denied ({e.strerror}); make the file readable (chmod +r) "
                          f"or leave it out") from e
-    except Exception as e:
-        if isinstance(e, ValueError) and str(p) in str(e): raise
-        raise InputError(f"cannot read {p} as a {kind} image ({type(e).__name__}: {e}); the file may be truncated "
-                         f"or corrupt: re-export it, or leave it out") from e
+    except Exception as e:      # anything a format library raises on a broken file, as one line
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise InputError(f"cannot read {p} as a {kind} image ({why}); the file may be truncated or corrupt: "
+                         f"re-export it, or leave it out") from e
     a = np.ascontiguousarray(a, dtype=np.float32)
-    if a.ndim not in (2, 3):
+    if a.ndim not in (2, 3) or a.size == 0:
         raise InputError(f"{p}: image has shape {a.shape}; expected a 2D (H, W) or 3D (D, H, W) grey image")
     if len(spacing) != a.ndim or len(origin) != a.ndim:
         raise InputError(f"{p}: header gives {len(spacing)} spacings and {len(origin)} origin values "
                          f"for a {a.ndim}D image")
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"{p}: header spacing {tuple(spacing)} is not positive and finite; fix the header")
+    if not all(math.isfinite(o) for o in origin):
+        raise InputError(f"{p}: header origin {tuple(origin)} is not finite; fix the header")
     return Image(a, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), str(p))
 
 # %% ../nbs/02_io.ipynb #23436b4a
@@ -482,6 +628,12 @@ def file_stem(path) -> str:
     return Path(name).stem
 
 # %% ../nbs/02_io.ipynb #cdde7489
+def _read_text(p: Path, what: str) -> str:
+    "The text of a landmark file (UTF-8, a leading byte-order mark dropped); binary data is an `InputError`."
+    try: return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not a {what} text file (byte {e.start} is not UTF-8); is it the right file?") from None
+
 def read_labelme(path: str | os.PathLike,            # LabelMe .json file
                  labels: Sequence[str] | None = None,  # return these labels in this order (each must occur once)
                  pixel_centers: bool = True,            # subtract 0.5 (pixel-centre indices, not LabelMe's corners)
@@ -489,16 +641,24 @@ def read_labelme(path: str | os.PathLike,            # LabelMe .json file
     "Read the point shapes of a LabelMe JSON file as (x, y) pixel indices and their labels."
     p = Path(path)
     if not p.is_file(): raise MissingFileError(f"LabelMe file not found: {p}")
-    try: d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not valid JSON ({e}); the file may be truncated") from e
+    try: d = json.loads(_read_text(p, "LabelMe JSON"))
+    except (ValueError, RecursionError) as e:           # bad syntax, a 5000-digit number, deep nesting
+        if isinstance(e, InputError): raise
+        raise InputError(f"{p}: not valid JSON ({' '.join(str(e).split())[:200]}); the file may be truncated") from e
     if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
         raise InputError(f"{p}: no 'shapes' list; is this a LabelMe annotation file?")
     pts, names = [], []
-    for s in d["shapes"]:
-        kind = s.get("shape_type") or ("point" if len(s.get("points", [])) == 1 else None)
+    for j, s in enumerate(d["shapes"]):
+        if not isinstance(s, dict): raise InputError(f"{p}: shapes[{j}] is a {type(s).__name__}, not a shape object")
+        pt = s.get("points")
+        kind = s.get("shape_type") or ("point" if isinstance(pt, list) and len(pt) == 1 else None)
         if kind != "point": continue
-        pts.append([float(v) for v in s["points"][0][:2]]); names.append(str(s.get("label")))
+        xy = pt[0] if isinstance(pt, list) and pt and isinstance(pt[0], list) else []
+        try: x, y = (float(v) for v in xy[:2])
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{p}: shapes[{j}] (label {str(s.get('label'))[:40]!r}) is a point without [x, y] "
+                             f"numbers: 'points' is {str(pt)[:60]}") from None
+        pts.append([x, y]); names.append(str(s.get("label")))
     P = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
     if pixel_centers: P = P - 0.5
     if labels is None: return P, names
@@ -540,7 +700,7 @@ def read_pts(path: str | os.PathLike,  # .pts file
     "Read an IBUG/Cootes `.pts` landmark file."
     p = Path(path)
     if not p.is_file(): raise MissingFileError(f".pts file not found: {p}")
-    lines = [l.strip() for l in p.read_text().splitlines()]
+    lines = [l.strip() for l in _read_text(p, ".pts").splitlines()]
     hdr, i = {}, 0
     while i < len(lines) and lines[i] != "{":
         if lines[i] and ":" in lines[i]:
@@ -559,8 +719,10 @@ def read_pts(path: str | os.PathLike,  # .pts file
         raise InputError(f"{p}: no closing '}}' (is the file truncated?)")
     if len({len(r) for r in rows}) > 1 or (rows and len(rows[0]) not in (2, 3)):
         raise InputError(f"{p}: every point line must hold 2 (x y) or 3 (x y z) numbers")
-    if "n_points" in hdr and int(hdr["n_points"]) != len(rows):
-        raise InputError(f"{p}: header says n_points: {hdr['n_points']} but {len(rows)} points are listed")
+    n = hdr.get("n_points", str(len(rows)))
+    if not n.isdecimal(): raise InputError(f"{p}: header 'n_points: {n[:30]}' is not a whole number")
+    if n.lstrip("0") != str(len(rows)).lstrip("0"):
+        raise InputError(f"{p}: header says n_points: {n[:30]} but {len(rows)} points are listed")
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 2)
 
 def write_pts(path: str | os.PathLike,  # destination .pts
@@ -574,6 +736,11 @@ def write_pts(path: str | os.PathLike,  # destination .pts
     return p
 
 # %% ../nbs/02_io.ipynb #da894970
+def _count(p: Path, i: int, key: str, val: str) -> int:
+    "The whole number >= 0 of line `i`'s `KEY=value`, else an `InputError`."
+    if val.strip().isdecimal() and len(val.strip()) < 19: return int(val)
+    raise InputError(f"{p}: line {i}: {key}={val[:30]!r} is not a count (a whole number >= 0)")
+
 class TpsSpecimen(NamedTuple):
     "One specimen of a `.tps` file."
     points: np.ndarray          # (K, 2) or (K, 3) float64, file units
@@ -586,7 +753,7 @@ def read_tps(path: str | os.PathLike,  # .tps file with one or more specimens
     "Read all specimens of a morphometrics `.tps` file."
     p = Path(path)
     if not p.is_file(): raise MissingFileError(f".tps file not found: {p}")
-    lines, out, cur, i = p.read_text().splitlines(), [], None, 0
+    lines, out, cur, i = _read_text(p, ".tps").splitlines(), [], None, 0
     def numbers(n, d, what):
         nonlocal i
         rows = []
@@ -607,19 +774,22 @@ def read_tps(path: str | os.PathLike,  # .tps file with one or more specimens
         if not eq: raise InputError(f"{p}: line {i}: {l!r} is not 'KEY=value' (expected LM=, IMAGE=, ID=, SCALE=, ...)")
         if key in ("LM", "LM3"):
             if cur is not None: out.append(TpsSpecimen(**cur))
-            cur = dict(points=numbers(int(val), 3 if key == "LM3" else 2, f"specimen {len(out) + 1} ({l})"))
+            n = _count(p, i, key, val)
+            cur = dict(points=numbers(n, 3 if key == "LM3" else 2, f"specimen {len(out) + 1} ({l})"))
         elif cur is None:
             raise InputError(f"{p}: line {i}: {l!r} comes before the first LM= line")
         elif key == "CURVES":
-            for _ in range(int(val)):
+            for _ in range(_count(p, i, key, val)):
                 while i < len(lines) and not lines[i].strip(): i += 1
                 k2, _, v2 = lines[i].partition("=") if i < len(lines) else ("", "", "")
                 if k2.strip().upper() != "POINTS":
                     raise InputError(f"{p}: line {i + 1}: expected POINTS= inside CURVES")
-                i += 1; numbers(int(v2), 2, "a curve")
+                i += 1; numbers(_count(p, i, "POINTS", v2), 2, "a curve")
         elif key == "IMAGE": cur["image"] = val
         elif key == "ID": cur["id"] = val
-        elif key == "SCALE": cur["scale"] = float(val)
+        elif key == "SCALE":
+            try: cur["scale"] = float(val)
+            except ValueError: raise InputError(f"{p}: line {i}: SCALE={val[:30]!r} is not a number") from None
     if cur is None: raise InputError(f"{p}: no LM= block; is this a tpsDig .tps file?")
     out.append(TpsSpecimen(**cur))
     return out
@@ -648,7 +818,14 @@ def write_tps(path: str | os.PathLike,               # destination .tps
 # %% ../nbs/02_io.ipynb #8d8936e1
 def _num(p, r, c, v):
     try: return float(v)
-    except ValueError: raise InputError(f"{p}: row {r}, column {c!r}: {v!r} is not a number") from None
+    except ValueError: raise InputError(f"{p}: row {r}, column {c!r}: {v[:40]!r} is not a number") from None
+
+def _check_rows(p: Path, head: list, rows: list, need: int):
+    "Every row has the `need` cells read from it, else an `InputError` naming the first short row."
+    for r, row in enumerate(rows, 2):
+        if len(row) < need:
+            raise InputError(f"{p}: row {r} has {len(row)} cells, the header {len(head)} columns; complete or "
+                             f"remove the row")
 
 def _csv_long(p: Path, head: list, low: list, rows: list):
     "One row per landmark (image, k, x_index, y_index[, z_index]) -> (image names, (n, K, d) float64)."
@@ -657,9 +834,14 @@ def _csv_long(p: Path, head: list, low: list, rows: list):
     if len(cols) not in (2, 3):
         raise InputError(f"{p}: needs columns x_index, y_index[, z_index] (or x, y[, z]), has {head}")
     ic = next((low.index(c) for c in ("image", "name", "file", "id") if c in low), 0)
+    kc = low.index("k")
+    _check_rows(p, head, rows, max(cols + [ic, kc]) + 1)
     per = {}
     for r, row in enumerate(rows, 2):
-        k = int(_num(p, r, "k", row[low.index("k")]))
+        k = _num(p, r, "k", row[kc])
+        if not (math.isfinite(k) and k == int(k)):
+            raise InputError(f"{p}: row {r}, column 'k': {row[kc][:40]!r} is not a landmark number 0, 1, 2, ...")
+        k = int(k)
         per.setdefault(row[ic], {})
         if k in per[row[ic]]:
             raise InputError(f"{p}: row {r}: landmark k={k} of image {row[ic]!r} appears twice; "
@@ -673,7 +855,7 @@ def _csv_long(p: Path, head: list, low: list, rows: list):
                          f"k = 0..K-1: add the missing rows or remove the image's rows")
     names = list(per)
     pts = [[per[n][k] for k in sorted(per[n])] for n in names]
-    return names, np.asarray(pts, dtype=np.float64).reshape(len(names), -1, len(cols))
+    return names, np.asarray(pts, dtype=np.float64).reshape(len(names), -1 if names else 0, len(cols))
 
 def _csv_wide(p: Path, head: list, rows: list):
     "One row per image (name, x0, y0, x1, y1, ... or l1_x, l1_y, ...) -> (image names, (n, K, d) float64)."
@@ -691,6 +873,7 @@ def _csv_wide(p: Path, head: list, rows: list):
             raise InputError(f"{p}: landmark {k} has columns for {sorted(lm[k])}; every landmark needs x, y[, z]")
     used = {c for d in lm.values() for c in d.values()}
     ic = next((c for c in range(len(head)) if c not in used), None)
+    _check_rows(p, head, rows, max(used | {ic or 0}) + 1)
     names = [row[ic] if ic is not None else str(r) for r, row in enumerate(rows)]
     pts = [[[_num(p, r, head[lm[k][a]], row[lm[k][a]]) for a in ax] for k in keys] for r, row in enumerate(rows, 2)]
     return names, np.asarray(pts, dtype=np.float64).reshape(len(rows), len(keys), len(ax))
@@ -701,8 +884,8 @@ def read_landmarks_csv(path: str | os.PathLike,  # .csv file, one row per landma
     "Read landmarks of several images from a CSV file (layout detected from the header)."
     p = Path(path)
     if not p.is_file(): raise MissingFileError(f"CSV file not found: {p}")
-    with open(p, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try: rows = list(csv.reader(io.StringIO(_read_text(p, "CSV"), newline="")))
+    except csv.Error as e: raise InputError(f"{p}: not a valid CSV file ({e})") from None
     if not rows: raise InputError(f"{p}: empty CSV file")
     head, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if any(v.strip() for v in r)]
     low = [h.lower() for h in head]
@@ -746,7 +929,7 @@ def read_particles(path: str | os.PathLike,  # ShapeWorks .particles file
     p = Path(path)
     if not p.is_file(): raise MissingFileError(f".particles file not found: {p}")
     rows = []
-    for j, l in enumerate(p.read_text().splitlines(), 1):
+    for j, l in enumerate(_read_text(p, ".particles").splitlines(), 1):
         if not l.strip(): continue
         try: r = [float(v) for v in l.split()]
         except ValueError: r = []

@@ -28,6 +28,7 @@ from .nets import UNet
 from .train import History, train_config, train_device
 from .train import fit as fit_model
 from .estimator import Estimator, finish_out, prepare_out, run_options
+from .viz import image_figure, records_table, report_section, summary_table, training_curves, write_report
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'integral_coordinates', 'coordinate_l1', 'sample_radius', 'region_attention_loss', 'Regulated',
@@ -463,11 +464,7 @@ def fit(self: SemiSupervisedDetector,
 @patch
 def _whitened(self: SemiSupervisedDetector, images) -> torch.Tensor:
     "New images, checked to have the training size, standardised."
-    self._check_fitted()
-    x = as_images(images)
-    if tuple(x.shape[1:]) != self.image_shape_:
-        raise InputError(f"images: expected images of shape {self.image_shape_} (as in fit), got {tuple(x.shape[1:])}; "
-                         f"resize them first (e.g. shape_nb.io.read_images(..., resize={self.image_shape_[1:]}))")
+    x = self._check_images(images)
     return self.whitener_.transform(x)
 
 @patch
@@ -577,7 +574,7 @@ def _read_labelled(images, landmarks, size, labels, on_bad_labels):
 # %% ../nbs/30_semisup.ipynb #abc8b377
 def train_from_folder(images,                  # folder (or glob) of labelled 2D images
                       landmarks,               # folder of LabelMe .json files named like the images; None: `images`
-                      out="semisup_out",       # output folder: semisup.pt, summary.json, unlabelled_landmarks.csv
+                      out="semisup_out",       # output: semisup.pt, summary.json, unlabelled_landmarks.csv, report.html
                       *,
                       unlabelled=None,         # folder (or glob) of unlabelled images (needed for self-training)
                       size: Sequence[int] = (192, 160),      # (H, W) the images are resized to for training
@@ -588,7 +585,8 @@ def train_from_folder(images,                  # folder (or glob) of labelled 2D
                       train_options: dict | None = None,  # more TrainConfig settings (accumulate, amp, ...)
                       **params,                # `SemiSupervisedDetector` parameters (rounds, z_threshold, ...)
                      ) -> SemiSupervisedDetector:
-    "Train a detector on image folders and LabelMe files; write its checkpoint, a summary and the unlabelled landmarks."
+    "Train a detector on image folders and LabelMe files; write its checkpoint, summary, report, unlabelled landmarks."
+    SemiSupervisedDetector._check_param_names(params)
     if on_bad_labels not in ("error", "skip"):
         raise InputError(f"on_bad_labels must be 'error' or 'skip', got {on_bad_labels!r}")
     size = tuple(int(s) for s in size)
@@ -603,7 +601,8 @@ def train_from_folder(images,                  # folder (or glob) of labelled 2D
     params.setdefault("spacing", sp.tolist())
     opts = run_options(out, resume, train_options)    # the training state lives in `out` until the run finishes
     det = SemiSupervisedDetector(n_landmarks=len(labels), train_options=opts, **params)
-    det.fit(stack_images(kept), yl, unlabelled=xu)
+    xl = stack_images(kept)
+    det.fit(xl, yl, unlabelled=xu)
     det.set_params(train_options=train_options)   # the checkpoint keeps the user's settings, not this run's state
     det.landmark_names_ = labels
     det.save(out / "semisup.pt")
@@ -611,19 +610,83 @@ def train_from_folder(images,                  # folder (or glob) of labelled 2D
                    image_shape=list(size), spacing=det.spacing_.tolist(), rounds=det.rounds_,
                    flags={k: getattr(det, k) for k in ("self_training", "shape_regulation", "region_attention")},
                    checkpoint=str(out / "semisup.pt"))
+    pu = None
     if xu is not None:
-        idx = [norm_to_index(to_numpy(p), s) for p, s in zip(det.predict(xu), ushapes)]
+        pu = det.predict(xu)
+        idx = [norm_to_index(to_numpy(p), s) for p, s in zip(pu, ushapes)]
         write_landmarks_csv(out / "unlabelled_landmarks.csv", np.stack(idx), [Path(u.path).name for u in uims], ushapes)
         summary["unlabelled_landmarks"] = str(out / "unlabelled_landmarks.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_train_report(det, xl, yl, [Path(im.path).name for im in kept], xu, pu,
+                        None if uims is None else [Path(u.path).name for u in uims], out, summary)
     finish_out(out)
     det.summary_ = summary
     return det
 
+# %% ../nbs/30_semisup.ipynb #4201f033
+def _settings(det: SemiSupervisedDetector) -> dict:
+    "The main parameters of a detector, for the report tables."
+    return {"self-training": det.self_training, "shape regulation": det.shape_regulation,
+            "region attention": det.region_attention, "rounds": det.rounds if det.self_training else 0, "epochs": {
+                "pre-training": det.epochs_pretrain, "per round": det.epochs_round, "fine-tuning": det.epochs_finetune},
+            "z threshold": det.z_threshold, "batch size": det.batch_size, "learning rate": det.lr,
+            "device": str(det.device_)}
+
+def _write_train_report(det: SemiSupervisedDetector, xl, yl, names_l, xu, pred_u, names_u, out: Path, summary: dict,
+                        max_report: int = 4) -> Path:
+    "report.html of a training run: summary table, training curves, pseudo-label rounds, landmarks on a few images."
+    last = det.rounds_[-1] if det.rounds_ else {}
+    recs = [h.records for h in det.history_.values() if h.records]     # phases that ran
+    table = summary_table({
+        "data": {"labelled images": len(xl), "unlabelled images": 0 if xu is None else len(xu),
+                 "skipped label files": len(summary["skipped"]), "landmarks": det.n_landmarks_,
+                 "network input size": " x ".join(map(str, det.image_shape_[1:])), "spacing": det.spacing_},
+        "settings": _settings(det),
+        "results": {"final training loss": recs[-1][-1]["train_loss"] if recs else None,
+                    "pseudo labels masked, last round": last.get("frac_masked_landmarks"),
+                    "abnormal images, last round": last.get("frac_abnormal_images")}})
+    if xu is not None:
+        m = min(max_report, len(xu))
+        fig = image_figure(xu[:m, 0], {"predicted": pred_u[:m]}, titles=names_u[:m])
+    else:
+        m = min(max_report, len(xl))
+        fig = image_figure(xl[:m, 0], {"labelled": yl[:m], "predicted": det.predict(xl[:m])}, titles=names_l[:m])
+    parts = [table, report_section("Training", "Loss per epoch of every phase, one after the other."),
+             training_curves(det.history_), report_section("Pseudo labels per self-training round",
+                                                           None if det.rounds_ else "No self-training rounds."),
+             records_table(det.rounds_) if det.rounds_ else None,
+             report_section("Landmarks", f"The first {m} " + ("unlabelled images" if xu is not None else
+                            "labelled images, their labels and the predictions") + ", at the network input size."), fig]
+    return write_report(out / "report.html", f"Semi-supervised landmark detection: {len(xl)} labelled images", parts)
+
+# %% ../nbs/30_semisup.ipynb #90c9e052
+def _write_predict_report(det: SemiSupervisedDetector, x, pred, spread, names, shapes, out: Path, summary: dict,
+                          max_report: int = 4) -> Path:
+    "report.html of a prediction run: summary table, landmarks on the first images, heatmap spread per image."
+    s = to_numpy(spread)
+    labels = det.landmark_names_ or [str(k) for k in range(det.n_landmarks_)]
+    worst = s.max(1)
+    table = summary_table({
+        "data": {"images": len(x), "landmarks": det.n_landmarks_,
+                 "image sizes": sorted({" x ".join(map(str, sh)) for sh in shapes}),
+                 "network input size": " x ".join(map(str, det.image_shape_[1:]))},
+        "settings": {"checkpoint": summary["checkpoint"], "device": str(det.device_)},
+        "results": {"heatmap spread, median (px)": float(np.median(s)), "heatmap spread, largest (px)": float(s.max()),
+                    "most doubtful image": names[int(worst.argmax())]}})
+    rows = [dict(image=names[i], mean_spread_px=float(s[i].mean()), max_spread_px=float(worst[i]),
+                 widest_landmark=labels[int(s[i].argmax())]) for i in np.argsort(-worst, kind="stable")]
+    m = min(max_report, len(x))
+    parts = [table, report_section("Landmarks", f"The first {m} images, at the network input size."),
+             image_figure(x[:m, 0], {"predicted": pred[:m]}, titles=names[:m]),
+             report_section("Doubt per image", "Spread of the heatmaps (standard deviation around the landmark, pixels "
+                            "of the network input): the larger, the less sure; the most doubtful images first."),
+             records_table(rows, max_rows=50)]
+    return write_report(out / "report.html", f"Landmark detection: {len(x)} images", parts)
+
 # %% ../nbs/30_semisup.ipynb #aa7bbfc1
 def predict_folder(checkpoint,              # a SemiSupervisedDetector checkpoint (e.g. OUT/semisup.pt)
                    images,                  # folder, glob or list of 2D images (any size: resized to the model's)
-                   out="semisup_pred",      # output folder: landmarks.csv, summary.json (+ LabelMe files)
+                   out="semisup_pred",      # output: landmarks.csv, summary.json, report.html (+ LabelMe files)
                    *,
                    labelme: bool = False,   # also write one LabelMe .json per image (named like the image)
                    device: str = "cpu",     # where the network runs
@@ -634,7 +697,9 @@ def predict_folder(checkpoint,              # a SemiSupervisedDetector checkpoin
     det = SemiSupervisedDetector.load(checkpoint, device=device)
     if det.d_ != 2: raise InputError(f"{checkpoint}: predict_folder handles 2D detectors, this one is {det.d_}D")
     ims, shapes = _read_set(images, det.image_shape_[1:], "images")
-    idx = np.stack([norm_to_index(to_numpy(p), s) for p, s in zip(det.predict(stack_images(ims)), shapes)])
+    x = stack_images(ims)
+    pred, spread = _predict_with_spread(det, x)
+    idx = np.stack([norm_to_index(to_numpy(p), s) for p, s in zip(pred, shapes)])
     names = [Path(im.path).name for im in ims]
     summary = dict(checkpoint=str(checkpoint), n_images=len(ims), n_landmarks=det.n_landmarks_,
                    labels=det.landmark_names_, names=names,
@@ -643,4 +708,24 @@ def predict_folder(checkpoint,              # a SemiSupervisedDetector checkpoin
         summary["labelme"] = [str(write_labelme(out / (file_stem(nm) + ".json"), P, det.landmark_names_, image_path=nm,
                                                 image_shape=s)) for nm, P, s in zip(names, idx, shapes)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_predict_report(det, x, pred, spread, names, shapes, out, summary)
     return summary
+
+# %% ../nbs/30_semisup.ipynb #94e5d1de
+def _heatmap_spread(h: torch.Tensor) -> torch.Tensor:  # (B, K, *S) non-negative heatmaps
+    "(B, K) spread of each heatmap: the standard deviation of its normalised mass, in pixels."
+    B, K, *S = h.shape
+    grid = pixel_grid(S, dtype=h.dtype, device=h.device).reshape(-1, len(S))   # normalised (x, y[, z])
+    half = torch.tensor(S[::-1], dtype=h.dtype, device=h.device) / 2           # normalised units -> pixels
+    p = h.reshape(B, K, -1)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    var = p @ grid ** 2 - (p @ grid) ** 2
+    return (var.clamp_min(0) * half ** 2).sum(-1).sqrt()
+
+def _predict_with_spread(det: SemiSupervisedDetector, x, batch_size: int = 16) -> tuple:
+    "Landmarks of images `x`, as `det.predict(x)`, and the (n, K) spread of their heatmaps, in one pass."
+    lm, spread = [], []
+    for b in det._whitened(x).split(batch_size):
+        pts, h = det._predict_norm(b, batch_size, heatmaps=True)
+        lm.append(pts); spread.append(_heatmap_spread(h))
+    return torch.cat(lm), torch.cat(spread)

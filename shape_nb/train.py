@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import inspect
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 import warnings
@@ -28,7 +30,8 @@ from .core import InputError, MissingFileError, get_device, seed_everything
 
 # %% auto #0
 __all__ = ['TrainConfig', 'History', 'train_config', 'dist_info', 'init_distributed', 'train_device', 'shard', 'make_loader',
-           'save_checkpoint', 'load_checkpoint', 'to_device', 'load_train_state', 'fit']
+           'DiskFullError', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'to_device', 'load_train_state',
+           'TrainingOOMError', 'fit']
 
 # %% ../nbs/07_train.ipynb #d440fe44
 @dataclass
@@ -160,6 +163,38 @@ def make_loader(dataset,                   # a map-style torch Dataset (e.g. Ten
     return DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
                       pin_memory=torch.device(device).type == "cuda", **kwargs)
 
+# %% ../nbs/07_train.ipynb #a1bfe650
+class DiskFullError(InputError, OSError):
+    "The disk (or quota) filled up while a file was written; the previous version of the file is intact."
+
+def _disk_full(e: BaseException | None) -> bool:
+    "Whether `e` or an exception it came from is a full disk (torch may wrap the OSError in a RuntimeError)."
+    for _ in range(10):
+        if e is None: return False
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        e = e.__cause__ or e.__context__
+    return False
+
+def _atomic_save(obj, path) -> Path:
+    "torch.save to a temporary file in the same folder, fsync, then rename: readers see the old file or the new one."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp): os.unlink(tmp)
+        if not _disk_full(e): raise
+        free = shutil.disk_usage(path.parent).free / 2 ** 20
+        old = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        err = DiskFullError(f"the disk is full: no space left while writing {path} ({free:,.0f} MiB free in "
+                            f"{path.parent}); {old}. Free some space there (or write to another folder) and run again")
+        err.errno = errno.ENOSPC
+        raise err from e
+    return path
+
 # %% ../nbs/07_train.ipynb #431d076f
 def _plain(x):
     "Dataclasses -> dicts, tuples -> lists, tensors kept: what `weights_only` loading accepts."
@@ -182,40 +217,71 @@ def save_checkpoint(path: str | Path,          # destination file (parent folder
                 extra=_plain(extra))
     return _atomic_save(ckpt, path)
 
-def _atomic_save(obj, path) -> Path:
-    "torch.save to a temporary file in the same folder, fsync, then rename: readers see the old file or the new one."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return path
-
 def _load(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"checkpoint {path} does not exist; give the .pt file a training run wrote "
                                 "(e.g. OUT/discovery.pt, OUT/deepssm.pt, OUT/semisup.pt)")
+    if not path.is_file(): raise InputError(f"checkpoint {path} is not a regular file (a folder, device or pipe)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = " ".join(str(e).split())[:200] or type(e).__name__
         raise InputError(f"{path} is not a readable shape_nb checkpoint ({why}); it may be truncated (an interrupted "
                          "copy) or another kind of file: use the .pt file a training run wrote") from e
-    if not isinstance(obj, dict): raise InputError(f"{path} is not a shape_nb checkpoint")
+    if not isinstance(obj, dict): raise InputError(f"{path} is not a shape_nb checkpoint (it holds a "
+                                                   f"{type(obj).__name__}, not a dict)")
     return obj
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    "Load a checkpoint written by `save_checkpoint` (safe `weights_only` unpickling)."
+    "Load a checkpoint written by `save_checkpoint` (safe `weights_only` unpickling; its layout is checked)."
     ckpt = _load(path, map_location)
     if "state_dict" not in ckpt:
         raise InputError(f"{path} is not a shape_nb checkpoint (no state_dict)")
+    sd, extra, config = ckpt["state_dict"], ckpt.setdefault("extra", {}), ckpt.setdefault("config", None)
+    bad = next((f"its state_dict entry {str(k)[:60]!r} is a {type(v).__name__}, not a tensor"
+                for k, v in (sd.items() if isinstance(sd, dict) else ()) if not isinstance(k, str) or
+                not torch.is_tensor(v)), None)
+    bad = bad or (f"its state_dict is a {type(sd).__name__}" if sd is not None and not isinstance(sd, dict) else
+                  f"its extra is a {type(extra).__name__}" if not isinstance(extra, dict) else
+                  f"its config is a {type(config).__name__}" if config is not None and not isinstance(config, dict)
+                  else None)
+    if bad: raise InputError(f"{path} is not a shape_nb checkpoint ({bad}); use the .pt file a training run wrote")
     return ckpt
+
+# %% ../nbs/07_train.ipynb #d9ed905f
+def _weights_problem(model: nn.Module, state_dict) -> str | None:
+    "What keeps `state_dict` from loading into `model`: the first missing, unexpected or misshapen tensor (or None)."
+    hint = "it was saved from another network (other parameters, e.g. backbone, channels or number of landmarks)"
+    if not isinstance(state_dict, dict): return f"expected tensors by name, got a {type(state_dict).__name__}"
+    own, params = model.state_dict(), dict(model.named_parameters())
+    missing, unexpected = [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
+    if missing:
+        return (f"the network's tensor {missing[0]!r} of shape {tuple(own[missing[0]].shape)} is missing "
+                f"({len(missing)} missing); {hint}")
+    if unexpected:
+        return f"tensor {str(unexpected[0])[:60]!r} is not in the network ({len(unexpected)} unexpected); {hint}"
+    for k, v in own.items():
+        w = state_dict[k]
+        if not torch.is_tensor(w): return f"{k!r} is a {type(w).__name__}, expected a tensor of shape {tuple(v.shape)}"
+        if w.shape != v.shape:
+            return f"tensor {k!r} has shape {tuple(w.shape)}, the network expects {tuple(v.shape)}; {hint}"
+        if (w.is_floating_point(), w.is_complex(), w.dtype == torch.bool) != \
+           (v.is_floating_point(), v.is_complex(), v.dtype == torch.bool):
+            return f"tensor {k!r} is {w.dtype}, the network expects {v.dtype}"
+        if k in params and w.is_floating_point() and not bool(torch.isfinite(w).all()):
+            return f"tensor {k!r} holds NaN or Inf values; the file is corrupt or training diverged"
+    return None
+
+def load_weights(model: nn.Module,               # the network to fill (built from the saved parameters)
+                 state_dict,                     # tensors by name, e.g. `load_checkpoint(path)["state_dict"]`
+                 path: str | Path | None = None, # the file they came from, for the messages
+                ) -> nn.Module:
+    "Load `state_dict` into `model`; a missing, unexpected or misshapen tensor is an `InputError` naming the first."
+    bad = _weights_problem(model, state_dict)
+    if bad: raise InputError(f"{path if path is not None else 'the weights'}: {bad}")
+    model.load_state_dict(state_dict)
+    return model
 
 # %% ../nbs/07_train.ipynb #28a7ef4c
 def to_device(batch, device, memory_format=None):
@@ -283,6 +349,8 @@ class _Run:
     world: int = 1
     fmt: Any = None
     good: tuple | None = None   # (model state, optimiser state) at the end of the last finite epoch
+    epoch: int = 0              # the epoch running now, and the size of its last batch (for an out-of-memory message)
+    batch_size: int | None = None
 
     def agree(self, flag: bool) -> bool:
         "True only if `flag` holds on every rank."
@@ -355,6 +423,7 @@ def _run_epoch(r: _Run, step, batches, train: bool, hist: History, epoch: int):
     tot, n, mets, in_group, bad_run = 0.0, 0, {}, 0, 0
     if train: r.opt.zero_grad(set_to_none=True)
     for i, (batch, last) in enumerate(_lookahead(batches)):
+        r.batch_size = _batch_size(batch)
         batch = to_device(batch, r.device, r.fmt)
         with torch.set_grad_enabled(train), torch.autocast(r.device.type, dtype=torch.bfloat16,
                                                             enabled=cfg.amp and r.device.type == "cuda"):
@@ -389,17 +458,22 @@ def _set_rng_state(s: dict):
     p = s["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
 
-def _save_state(path, r: _Run, sched, hist, best_state, since_best, epoch, finished):
-    "Write the training state (rank 0; every rank takes part in gathering the RNG states)."
+def _train_state(r: _Run, sched, hist, best_state, since_best, epoch, finished) -> dict | None:
+    "The training state on rank 0, None on the others (every rank takes part in gathering the RNG states)."
     rng = [_rng_state()]
     if r.world > 1:
         rng = [None] * r.world
         torch.distributed.all_gather_object(rng, _rng_state())
-    if r.rank != 0: return
-    _atomic_save(dict(kind="shape_nb.train_state", shape_nb_version=shape_nb.__version__, config=_plain(r.cfg),
-                      epoch=epoch, finished=finished, model=_plain(r.model.state_dict()), optimizer=r.opt.state_dict(),
-                      scheduler=None if sched is None else sched.state_dict(), history=_plain(hist),
-                      best_state=_plain(best_state), since_best=since_best, rng=rng), path)
+    if r.rank != 0: return None
+    return dict(kind="shape_nb.train_state", shape_nb_version=shape_nb.__version__, config=_plain(r.cfg),
+                epoch=epoch, finished=finished, model=_plain(r.model.state_dict()), optimizer=r.opt.state_dict(),
+                scheduler=None if sched is None else sched.state_dict(), history=_plain(hist),
+                best_state=_plain(best_state), since_best=since_best, rng=rng)
+
+def _save_state(path, r: _Run, sched, hist, best_state, since_best, epoch, finished):
+    "Write the training state (rank 0)."
+    st = _train_state(r, sched, hist, best_state, since_best, epoch, finished)
+    if st is not None: _atomic_save(st, path)
 
 def load_train_state(path: str | Path) -> dict:
     "Read a training-state file written by `fit(..., TrainConfig(checkpoint=path))` (`weights_only` unpickling)."
@@ -409,20 +483,24 @@ def load_train_state(path: str | Path) -> dict:
                          f"(it may be a model checkpoint: load it with the estimator's load)")
     return st
 
-def _resume(path, r: _Run, sched):
-    "Restore the state saved in `path`; returns (history, best_state, since_best, first epoch, finished)."
-    st = load_train_state(path)
+# %% ../nbs/07_train.ipynb #ab930c86
+def _restore(path, st: dict, r: _Run, sched):
+    "Put a training state into the run; returns (history, best_state, since_best, first epoch, finished)."
     saved, now = st["config"], _plain(r.cfg)
     diffs = [f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in _RESULT_KEYS if saved.get(k) != now[k]]
     if diffs:
         raise InputError(f"cannot resume from {path}: it was written with other settings ({'; '.join(diffs)}); "
                          "use the same settings, or start afresh without resume")
-    try:
-        r.model.load_state_dict(st["model"])
-        r.opt.load_state_dict(st["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise InputError(f"cannot resume from {path}: it holds another model or optimiser ({str(e).splitlines()[0]}); "
-                         "start afresh without resume") from e
+    for what, sd in (("model", st["model"]), ("best weights", st["best_state"])):
+        bad = _weights_problem(r.model, sd) if sd is not None or what == "model" else None
+        if bad: raise InputError(f"cannot resume from {path}: it holds another model ({what}: {bad}); start afresh "
+                                 "without resume")
+    epoch, since_best, finished = st["epoch"], st["since_best"], st["finished"]
+    if not (type(epoch) is int and -1 <= epoch < r.cfg.epochs and type(since_best) is int and type(finished) is bool):
+        raise InputError(f"cannot resume from {path}: epoch {str(epoch)[:20]} of {r.cfg.epochs} (or its counters) is "
+                         "not a valid state; start afresh without resume")
+    r.model.load_state_dict(st["model"])
+    r.opt.load_state_dict(st["optimizer"])
     if sched is not None and st["scheduler"] is not None: sched.load_state_dict(st["scheduler"])
     h = dict(st["history"])
     for k in ("bad_steps", "restores"): h[k] = [tuple(v) for v in h.get(k, [])]
@@ -430,7 +508,17 @@ def _resume(path, r: _Run, sched):
     _set_rng_state(st["rng"][min(r.rank, len(st["rng"]) - 1)])
     best = st["best_state"]
     if best is not None: best = {k: v.to(r.device) for k, v in best.items()}
-    return hist, best, st["since_best"], st["epoch"] + 1, st["finished"]
+    return hist, best, since_best, epoch + 1, finished
+
+def _resume(path, r: _Run, sched):
+    "Restore the state saved in `path` (a damaged or foreign one is an `InputError`); see `_restore`."
+    st = load_train_state(path)
+    try: return _restore(path, st, r, sched)
+    except InputError: raise
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise InputError(f"cannot resume from {path}: it holds another model or optimiser, or a damaged state ({why}); "
+                         "start afresh without resume") from e
 
 # %% ../nbs/07_train.ipynb #114f2ec9
 # buffers (BatchNorm statistics) stay per rank during an epoch (see `_Run.sync_buffers`): the switch's newer name
@@ -465,6 +553,7 @@ def _epoch_batches(batches, epoch: int, r: _Run):
 
 def _train_epoch(r: _Run, step, train_batches, val_batches, hist: History, epoch: int) -> dict:
     "Train one epoch, then validate: the epoch's record (losses, metrics, learning rate)."
+    r.epoch = epoch
     tr, tr_m = _run_epoch(r, step, _epoch_batches(train_batches, epoch, r), True, hist, epoch)
     r.sync_buffers()
     rec = dict(epoch=epoch, train_loss=tr, lr=r.opt.param_groups[0]["lr"], **{f"train_{k}": v for k, v in tr_m.items()})
@@ -481,6 +570,47 @@ def _progress(cfg: TrainConfig, rank: int, start: int):
         from tqdm.auto import tqdm
         bar = tqdm(bar, desc="training", unit="epoch", leave=False, initial=start, total=cfg.epochs)
     return bar
+
+# %% ../nbs/07_train.ipynb #f3af4cf4
+class TrainingOOMError(torch.cuda.OutOfMemoryError):
+    "Training ran out of memory: the message names the batch size, the settings that lower it and the saved state."
+
+def _is_oom(e: BaseException) -> bool:
+    "An out-of-memory error of any device (torch raises several kinds)."
+    msg = str(e).lower()
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or isinstance(e, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg)
+
+def _batch_size(batch) -> int | None:
+    "Length of the first tensor of a (nested) batch."
+    if torch.is_tensor(batch): return len(batch) if batch.ndim else None
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    return next((n for n in map(_batch_size, items) if n is not None), None)
+
+def _to_cpu(x):
+    "A copy of a (nested) state with its tensors copied to the CPU: it stays as it is while training goes on."
+    if torch.is_tensor(x): return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict): return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(_to_cpu(v) for v in x)
+    return x
+
+def _oom_error(e: BaseException, r: _Run, cfg: TrainConfig, pending, saved) -> TrainingOOMError:
+    "Write the last finished epoch's state if it is not on disk yet; the error says how to use less memory."
+    if pending is not None:
+        if r.rank == 0: _atomic_save(pending[1], cfg.checkpoint)
+        saved = pending[0]
+    n = r.batch_size
+    fix = (f"lower --batch-size (now {n}, e.g. {max(n // 2, 1)}) and raise --accumulate (now {cfg.accumulate}, e.g. "
+           f"{cfg.accumulate * 2}) to keep the effective batch" if n else
+           "lower --batch-size and raise --accumulate to keep the effective batch")
+    fix += "" if cfg.amp else ", or add --amp (bfloat16 autocast on CUDA)"
+    state = (f"the training state of epoch {saved} is in {cfg.checkpoint}: rerun with --resume to continue from there"
+             if saved is not None else "no epoch had finished, so there is no training state to resume from"
+             if cfg.checkpoint else "no checkpoint path was set, so there is no training state to resume from")
+    why = " ".join(str(e).split())[:160] or type(e).__name__
+    size = f", batch size {n}" if n else ""
+    return TrainingOOMError(f"out of memory on {r.device} at epoch {r.epoch}{size} ({why}): {fix} (in Python: "
+                            f"batch_size=..., train_options=dict(accumulate=..., amp=True)); {state}")
 
 # %% ../nbs/07_train.ipynb #e91ce948
 def fit(model: nn.Module,                       # trained in place (moved to the config's device)
@@ -506,27 +636,36 @@ def fit(model: nn.Module,                       # trained in place (moved to the
     r.snapshot()
     stop = lambda: cfg.patience is not None and val_batches is not None and since_best >= cfg.patience
     bar = _progress(cfg, r.rank, start)
-    for epoch in ([] if stop() else bar):
-        t0 = time.perf_counter()
-        rec = _train_epoch(r, step, train_batches, val_batches, hist, epoch)
-        if val_batches is not None:
-            if rec["val_loss"] < hist.best_val:
-                hist.best_val, hist.best_epoch, since_best = rec["val_loss"], epoch, 0
-                if restore_best: best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
-        if sched is not None: sched.step()
-        if math.isfinite(rec["train_loss"]): r.snapshot()
-        rec["seconds"] = time.perf_counter() - t0
-        hist.records.append(rec)
-        if cfg.progress and r.rank == 0:
-            bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("train_loss", "val_loss") if k in rec})
-        if on_epoch_end is not None: on_epoch_end(epoch, rec, model)
-        if stop():
-            hist.stopped = f"early stopping at epoch {epoch} (no validation improvement for {cfg.patience} epochs)"
-            break
-        if cfg.checkpoint and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-            _save_state(cfg.checkpoint, r, sched, hist, best_state, since_best, epoch, False)
+    pending, saved = None, start - 1 if hist.resumed_from is not None else None   # epoch states held / on disk
+    try:
+        for epoch in ([] if stop() else bar):
+            t0 = time.perf_counter()
+            rec = _train_epoch(r, step, train_batches, val_batches, hist, epoch)
+            if val_batches is not None:
+                if rec["val_loss"] < hist.best_val:
+                    hist.best_val, hist.best_epoch, since_best = rec["val_loss"], epoch, 0
+                    if restore_best: best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+            if sched is not None: sched.step()
+            if math.isfinite(rec["train_loss"]): r.snapshot()
+            rec["seconds"] = time.perf_counter() - t0
+            hist.records.append(rec)
+            if cfg.progress and r.rank == 0:
+                bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("train_loss", "val_loss") if k in rec})
+            if on_epoch_end is not None: on_epoch_end(epoch, rec, model)
+            if stop():
+                hist.stopped = f"early stopping at epoch {epoch} (no validation improvement for {cfg.patience} epochs)"
+                break
+            if cfg.checkpoint and epoch + 1 < cfg.epochs:
+                if (epoch + 1) % cfg.checkpoint_every == 0:
+                    _save_state(cfg.checkpoint, r, sched, hist, best_state, since_best, epoch, False)
+                    pending, saved = None, epoch
+                else:   # kept (on the CPU) for an out-of-memory error to write
+                    pending = epoch, _to_cpu(_train_state(r, sched, hist, best_state, since_best, epoch, False))
+    except Exception as e:
+        if not _is_oom(e): raise
+        raise _oom_error(e, r, cfg, pending, saved) from e
     if restore_best and best_state is not None: model.load_state_dict(best_state)
     if cfg.checkpoint: _save_state(cfg.checkpoint, r, sched, hist, best_state, since_best, cfg.epochs - 1, True)
     model.eval()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NEEDS = re.compile(r"^#\s*needs data:\s*([\w\s,]+)$", re.M)
+NEEDS = re.compile(r"^#\s*needs data:\s*([\w, ]+)", re.M)
 
 
 def needs(nb: Path) -> list:

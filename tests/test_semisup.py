@@ -65,7 +65,8 @@ def test_round_trip(folders):
     assert (s["n_labelled"], s["n_unlabelled"], s["labels"]) == (6, 4, LABELS)
     assert len(s["rounds"]) == 1 and 0 <= s["rounds"][0]["frac_masked_landmarks"] <= 1
     assert json.loads((tmp / "out" / "summary.json").read_text()) == json.loads(json.dumps(s))
-    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["semisup.pt", "summary.json", "unlabelled_landmarks.csv"]
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["report.html", "semisup.pt", "summary.json",
+                                                               "unlabelled_landmarks.csv"]
     p = predict_folder(tmp / "out" / "semisup.pt", tmp / "unl", tmp / "pred", labelme=True)
     assert json.loads((tmp / "pred" / "summary.json").read_text()) == p and p["labels"] == LABELS
     names, pts = read_landmarks_csv(p["csv"])

@@ -14,7 +14,9 @@ Steps:
    and `results.md` tabulates bench/results/*.json.
 2. Copy the JavaScript the pages need from installed packages (plotly.js from plotly, MathJax 3 from
    sphinx-mathjax-offline): nothing is loaded from a CDN.
-3. Execute the notebooks, `--jobs` at a time, longest first, with SHAPE_NB_QUICK=1; outputs go to a jupyter-cache
+3. Execute the notebooks, `--jobs` at a time, longest first, with SHAPE_NB_QUICK=1 and the cores shared out
+   (OMP_NUM_THREADS = cores // jobs unless set: two kernels with a thread per core each on two cores run several
+   times slower than with one thread each, for these small tensors); outputs go to a jupyter-cache
    in `<out>/.jupyter_cache` keyed by the code cells, so a notebook runs again only when its code changed (a
    failing notebook runs again at the next build). Tutorials are never executed here: they show their committed
    outputs. `--only 50_viz,index` executes just those notebooks (the others show their code without outputs).
@@ -647,9 +649,15 @@ def run_notebooks(out: Path, notebooks: list[Path], jobs: int, mode: str, timeou
             todo.append(p)
     todo.sort(key=lambda p: -times.get(p.stem, {}).get("seconds", _guess_seconds(p)))    # longest first
     failed = []
+    workers = max(1, min(jobs, len(todo)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // workers))     # kernels share the cores: no oversubscribed OpenMP thread pools
+    old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    for k, v in old.items(): os.environ[k] = v or threads
     if todo:
-        print(f"executing {len(todo)} notebook(s), {jobs} at a time: {', '.join(p.stem for p in todo)}")
-        with ThreadPoolExecutor(max(1, min(jobs, len(todo)))) as pool:      # each notebook runs in its own kernel
+        print(f"executing {len(todo)} notebook(s), {workers} at a time ({os.environ['OMP_NUM_THREADS']} threads "
+              f"each): {', '.join(p.stem for p in todo)}")
+        with ThreadPoolExecutor(workers) as pool:      # each notebook runs in its own kernel
             futs = [pool.submit(_execute, str(p), timeout) for p in todo]
             for fut in as_completed(futs):
                 path, text, secs, err = fut.result()
@@ -663,6 +671,9 @@ def run_notebooks(out: Path, notebooks: list[Path], jobs: int, mode: str, timeou
                 slow = ", ".join(f"cell {c['cell']} {c['seconds']:.1f} s" for c in times[name]["cells"][:3])
                 print(f"  {name}: {secs:.1f} s{' FAILED' if err else ''} (slowest: {slow})")
                 if err: print("    " + _error_line(nb))
+    for k, v in old.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
     times_f.write_text(json.dumps(times, indent=1))
     return {"times": {k: v for k, v in times.items() if k in {p.stem for p in notebooks}}, "failed": failed}
 
