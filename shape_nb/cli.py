@@ -16,6 +16,7 @@ import torch
 import shape_nb
 from .core import InputError, get_device, seed_everything
 from .estimator import prepare_out
+from .train import TrainingOOMError
 
 # %% auto #0
 __all__ = ['tps_demo', 'discovery_demo', 'main']
@@ -240,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 def main(argv=None) -> int:
-    "Run the `shape_nb` command line; returns the exit code (2 for the user's errors, `InputError`)."
+    "Run the `shape_nb` command line; returns the exit code (2: the user's errors, `InputError`; 3: out of memory)."
     p = _parser()
     args = p.parse_args(argv)
     if args.command is None:
@@ -250,4 +251,7 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"shape_nb {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)   # one line
         return 2
+    except TrainingOOMError as e:   # the input is fine; the run needs other settings (the message names them)
+        print(f"shape_nb {args.command}: out of memory: {' '.join(str(e).split())}", file=sys.stderr)
+        return 3
     return 0

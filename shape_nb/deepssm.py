@@ -24,7 +24,7 @@ from .nets import BaseDeepSSM, TLDeepSSM
 from .shape import KDESampler, ShapePCA, apply_similarity, procrustes_align
 from .metrics import correspondence_rmse, pointwise_error
 from .tps import tps_apply, tps_fit, tps_warp_image
-from .train import TrainConfig, dist_info, make_loader, train_config, train_device
+from .train import TrainConfig, dist_info, load_weights, make_loader, train_config, train_device
 from .train import fit as fit_model
 from .viz import correspondence_figure, image_figure, point_sets_figure, records_table, report_section
 from .viz import slices_figure, summary_table, training_curves, write_report
@@ -772,7 +772,7 @@ def _set_state(self: DeepSSM, state: dict, weights: dict, device: torch.device):
         self.model_ = BaseDeepSSM(self.pca_.components_, self.pca_.mean_, self.pca_.std_, self.d_, **self._enc_kw())
     else:
         self.model_ = TLDeepSSM(self.n_landmarks_, self.latent, self.d_, hidden=tuple(self.ae_hidden), **self._enc_kw())
-    self.model_.load_state_dict(weights)
+    load_weights(self.model_, weights)
     self.model_.to(device).eval()
 
 # %% ../nbs/20_deepssm.ipynb #d790bb14

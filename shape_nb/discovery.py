@@ -23,7 +23,7 @@ from .nets import LandmarkRegressor
 from .phantoms import image_corners
 from .shape import PPCA, ShapePCA
 from .tps import tps_condition, tps_fit, tps_grid, tps_well_posed
-from .train import dist_info, train_config, train_device
+from .train import dist_info, load_weights, train_config, train_device
 from .train import fit as fit_model
 from .viz import bar_figure, image_figure, registration_figure, report_section, summary_table
 from .viz import training_curves, write_report
@@ -334,7 +334,7 @@ def _set_state(self: LandmarkDiscovery, state: dict, weights: dict, device: torc
     "Rebuild the regressor (on `device`) and the learned attributes from `_get_state`'s dict and the weights."
     self.d_, self.image_shape_ = int(state["d"]), tuple(state["image_shape"])
     self.model_ = LandmarkRegressor(self.n_landmarks, self.d_, channels=tuple(self.channels))
-    self.model_.load_state_dict(weights)
+    load_weights(self.model_, weights)
     self.model_.to(device).eval()
     self.whitener_ = Whitener.from_state_dict(state["whitener"])
     self.kept_ = np.asarray(state["kept"])

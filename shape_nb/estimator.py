@@ -98,7 +98,8 @@ def _load(cls, path,                # a checkpoint written by `save`
     if "device" in inspect.signature(cls.__init__).parameters: saved["device"] = device
     est = cls(**{**saved, **params})
     est.history_ = {k: History(records=v) for k, v in (ck["extra"].get("history") or {}).items()}
-    est._set_state(ck["extra"]["state"], ck["state_dict"], get_device(device))
+    try: est._set_state(ck["extra"]["state"], ck["state_dict"], get_device(device))
+    except InputError as e: raise InputError(f"{path}: {e}") from e      # e.g. weights that do not fit the model
     return est
 
 Estimator.save = _save

@@ -84,7 +84,13 @@ def _kind(path, table=_IMAGE_KINDS, what="image") -> str:
     return table[e]
 
 # %% ../nbs/02_io.ipynb #ae162507
-MAX_VOXELS = int(os.environ.get("SHAPE_NB_MAX_VOXELS", 2 ** 31))   # the largest image a header may announce
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    if v is None: return default
+    if not v.strip().isdecimal(): raise InputError(f"environment variable {name}={v!r} is not a whole number")
+    return int(v)
+
+MAX_VOXELS = _env_int("SHAPE_NB_MAX_VOXELS", 2 ** 31)   # the largest image a header may announce
 _DEFLATE_MAX_RATIO = 1032   # the most a deflate (zlib/gzip) stream expands
 
 def _check_size(p: Path, shape, dtype, what: str, have: int | None = None, compressed: bool = False) -> int:
@@ -138,22 +144,21 @@ def _read_pil(p: Path):
     why = "refused before decoding; if the image is real, raise PIL.Image.MAX_IMAGE_PIXELS"
     try:
         with PILImage.open(p) as im:    # Pillow refuses over 2 x MAX_IMAGE_PIXELS pixels here, and we over 1 x below
-            n = getattr(im, "n_frames", 1)
-            _check_size(p, (n, *im.size[::-1]), np.float32, im.format or "image")
+            n, (w, h) = getattr(im, "n_frames", 1), im.size
+            if limit and w * h > limit:
+                raise InputError(f"{p}: image size ({w * h} pixels) exceeds limit of {limit} pixels (Pillow's "
+                                 f"decompression-bomb limit): {why}")
+            _check_size(p, (n, h, w), np.float32, im.format or "image")
             frames = []
             for i in range(n):
                 im.seek(i)
-                if limit and im.size[0] * im.size[1] > limit:
-                    raise InputError(f"{p}: image size ({im.size[0] * im.size[1]} pixels) exceeds limit of {limit} "
-                                     f"pixels (Pillow's decompression-bomb limit): {why}")
+                if im.size != (w, h):
+                    raise InputError(f"{p}: the pages of this multi-page file have different sizes {(h, w)} and "
+                                     f"{im.size[::-1]} (page {i}); a volume needs equal slices")
                 im.load()
                 frames.append(_pil_frame(im))
     except PILImage.DecompressionBombError as e:
         raise InputError(f"{p}: {e} ({why})") from None
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise InputError(f"{p}: the pages of this multi-page file have different sizes {sorted(shapes)}; "
-                         f"a volume needs equal slices")
     a = frames[0] if len(frames) == 1 else np.stack(frames)
     return a, (1.0,) * a.ndim, (0.0,) * a.ndim
 

@@ -25,7 +25,7 @@ from .io import write_labelme, write_landmarks_csv
 from .data import Whitener
 from .shape import ShapePCA, apply_similarity, invert_similarity
 from .nets import UNet
-from .train import History, train_config, train_device
+from .train import History, load_weights, train_config, train_device
 from .train import fit as fit_model
 from .estimator import Estimator, finish_out, prepare_out, run_options
 from .viz import image_figure, records_table, report_section, summary_table, training_curves, write_report
@@ -509,7 +509,7 @@ def _set_state(self: SemiSupervisedDetector, state: dict, weights: dict, device:
     elif self.backbone is not None: self.model_ = copy.deepcopy(self.backbone)
     else: raise InputError("this checkpoint holds the weights of a custom backbone: load it with "
                            "SemiSupervisedDetector.load(path, backbone=<a module of the same architecture>)")
-    self.model_.load_state_dict(weights)
+    load_weights(self.model_, weights)
     self.device_ = device
     self.model_.to(device).eval()
     self.n_landmarks_, self.d_ = int(state["n_landmarks"]), int(state["d"])

@@ -163,7 +163,7 @@ def make_loader(dataset,                   # a map-style torch Dataset (e.g. Ten
     return DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
                       pin_memory=torch.device(device).type == "cuda", **kwargs)
 
-# %% ../nbs/07_train.ipynb #a1bfe650
+# %% ../nbs/07_train.ipynb #0bb67a05
 class DiskFullError(InputError, OSError):
     "The disk (or quota) filled up while a file was written; the previous version of the file is intact."
 
@@ -249,7 +249,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if bad: raise InputError(f"{path} is not a shape_nb checkpoint ({bad}); use the .pt file a training run wrote")
     return ckpt
 
-# %% ../nbs/07_train.ipynb #d9ed905f
+# %% ../nbs/07_train.ipynb #6c87df3b
 def _weights_problem(model: nn.Module, state_dict) -> str | None:
     "What keeps `state_dict` from loading into `model`: the first missing, unexpected or misshapen tensor (or None)."
     hint = "it was saved from another network (other parameters, e.g. backbone, channels or number of landmarks)"
@@ -483,7 +483,37 @@ def load_train_state(path: str | Path) -> dict:
                          f"(it may be a model checkpoint: load it with the estimator's load)")
     return st
 
-# %% ../nbs/07_train.ipynb #ab930c86
+# %% ../nbs/07_train.ipynb #cf034f28
+def _state_problem(st: dict, r: _Run, sched) -> str | None:
+    "What in a training state (besides the weights) cannot belong to this run, or None: checked before anything loads."
+    def same(saved, fresh, free):   # saved values equal the fresh ones, except the `free` keys (missing keys allowed)
+        return isinstance(saved, dict) and all(saved.get(k, v) == v for k, v in fresh.items() if k not in free)
+    lr_ok = lambda v: type(v) is float and 0 <= v <= r.cfg.lr
+    groups, fresh = st["optimizer"]["param_groups"], r.opt.state_dict()["param_groups"]
+    if not (isinstance(groups, list) and len(groups) == len(fresh) and all(
+            same(g, f, ("lr",)) and lr_ok(g.get("lr")) for g, f in zip(groups, fresh))):
+        return "its optimiser settings are not this run's"
+    params = [p for g in r.opt.param_groups for p in g["params"]]
+    for i, s in st["optimizer"]["state"].items():
+        ok = type(i) is int and 0 <= i < len(params) and isinstance(s, dict) and all(
+            torch.is_tensor(t) and t.is_floating_point() and t.shape in (params[i].shape, ()) and
+            bool(torch.isfinite(t).all()) and (k in ("exp_avg",) or bool((t >= 0).all())) for k, t in s.items())
+        if not ok: return f"its optimiser state of parameter {str(i)[:20]} does not fit the model"
+    if sched is not None and st["scheduler"] is not None:
+        sd = st["scheduler"]
+        if not (same(sd, sched.state_dict(), ("last_epoch", "_step_count", "_last_lr")) and
+                type(sd.get("last_epoch")) is int and 0 <= sd["last_epoch"] <= r.cfg.epochs and
+                isinstance(sd.get("_last_lr"), list) and all(map(lr_ok, sd["_last_lr"]))):
+            return "its learning-rate schedule is not this run's"
+    h, number = st["history"], lambda v: type(v) in (int, float)
+    if not (isinstance(h, dict) and all(isinstance(h.get(k, []), list) for k in ("records", "bad_steps", "restores"))
+            and all(isinstance(x, dict) for x in h.get("records", [])) and number(h.get("best_val", 0.0))
+            and all(map(number, h.get("grad_norms", []))) and isinstance(h.get("stopped", ""), str)
+            and type(h.get("best_epoch")) in (int, type(None))):
+        return "its history is damaged"
+    return None
+
+# %% ../nbs/07_train.ipynb #f248b474
 def _restore(path, st: dict, r: _Run, sched):
     "Put a training state into the run; returns (history, best_state, since_best, first epoch, finished)."
     saved, now = st["config"], _plain(r.cfg)
@@ -495,6 +525,8 @@ def _restore(path, st: dict, r: _Run, sched):
         bad = _weights_problem(r.model, sd) if sd is not None or what == "model" else None
         if bad: raise InputError(f"cannot resume from {path}: it holds another model ({what}: {bad}); start afresh "
                                  "without resume")
+    bad = _state_problem(st, r, sched)
+    if bad: raise InputError(f"cannot resume from {path}: {bad}; start afresh without resume")
     epoch, since_best, finished = st["epoch"], st["since_best"], st["finished"]
     if not (type(epoch) is int and -1 <= epoch < r.cfg.epochs and type(since_best) is int and type(finished) is bool):
         raise InputError(f"cannot resume from {path}: epoch {str(epoch)[:20]} of {r.cfg.epochs} (or its counters) is "
@@ -515,7 +547,7 @@ def _resume(path, r: _Run, sched):
     st = load_train_state(path)
     try: return _restore(path, st, r, sched)
     except InputError: raise
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
         why = " ".join(str(e).split())[:200] or type(e).__name__
         raise InputError(f"cannot resume from {path}: it holds another model or optimiser, or a damaged state ({why}); "
                          "start afresh without resume") from e
@@ -571,7 +603,7 @@ def _progress(cfg: TrainConfig, rank: int, start: int):
         bar = tqdm(bar, desc="training", unit="epoch", leave=False, initial=start, total=cfg.epochs)
     return bar
 
-# %% ../nbs/07_train.ipynb #f3af4cf4
+# %% ../nbs/07_train.ipynb #d97180f8
 class TrainingOOMError(torch.cuda.OutOfMemoryError):
     "Training ran out of memory: the message names the batch size, the settings that lower it and the saved state."
 

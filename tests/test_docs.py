@@ -132,7 +132,7 @@ def test_nothing_loaded_from_outside(site):
         assert not fetch, f"{f.relative_to(site)} fetches from outside"
 
 
-def test_home_page_loads_offline(site, browser):
+def test_home_page_loads_offline(site, browser, tmp_path):
     def check(page, seen, url):
         page_checks(page, seen, url)
         assert "shape_nb" in page.title()
@@ -142,12 +142,19 @@ def test_home_page_loads_offline(site, browser):
         kinds = page.evaluate("document.getElementById('landing-figure').data.map(t => t.type)")
         assert kinds.count("heatmap") == 3 and "scatter" in kinds, kinds
         assert page.locator("button.copybtn").count() >= 1                           # copy buttons on the code
+        page.screenshot(path=str(tmp_path / "docs_home.png"))
+        print(f"\nscreenshot of the docs landing page: {tmp_path / 'docs_home.png'}")
     browse(browser, site, "index.html", check)
 
 
 @pytest.mark.parametrize("name", ["use_your_images.html", "results.html", "api/index.html", "10_discovery.html"])
-def test_pages_load_offline(site, browser, name):
-    browse(browser, site, name, page_checks)
+def test_pages_load_offline(site, browser, name, tmp_path):
+    def check(page, seen, url):
+        page_checks(page, seen, url)
+        shot = tmp_path / name.replace("/", "_").replace(".html", ".png")
+        page.screenshot(path=str(shot))
+        print(f"\nscreenshot of the docs page {name}: {shot}")
+    browse(browser, site, name, check)
 
 
 def test_own_images_page(site):

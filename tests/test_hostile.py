@@ -139,6 +139,20 @@ def png_declaring(d, w, h):
     q = d / "bomb.png"; q.write_bytes(bytes(b)); return q
 
 
+def tiff_second_page(d, w, h):
+    "A 2-page TIFF whose second page's header is changed to declare w x h pixels."
+    from PIL import Image as PILImage
+    pages = [PILImage.fromarray(np.zeros((5, 7), np.uint8)), PILImage.fromarray(np.ones((5, 7), np.uint8))]
+    pages[0].save(d / "pages.tif", save_all=True, append_images=pages[1:])
+    b = bytearray((d / "pages.tif").read_bytes())
+    ifd = struct.unpack_from("<I", b, 4)[0]
+    ifd = struct.unpack_from("<I", b, ifd + 2 + 12 * struct.unpack_from("<H", b, ifd)[0])[0]   # the second IFD
+    for e in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", b, ifd)[0], 12):
+        tag, kind = struct.unpack_from("<HH", b, e)
+        if tag in (256, 257): struct.pack_into("<H" if kind == 3 else "<I", b, e + 8, w if tag == 256 else h)
+    (d / "pages.tif").write_bytes(bytes(b)); return d / "pages.tif"
+
+
 def deflate_bomb(n_bytes: int, wbits: int) -> bytes:
     "A zlib (wbits 15) or gzip (31) stream of `n_bytes` zeros, about a thousandth of that in size, built in chunks."
     c, chunk, out = zlib.compressobj(9, zlib.DEFLATED, wbits), bytes(1 << 24), []
@@ -234,6 +248,8 @@ ROWS = [
      ["bomb.png", "10000000000 pixels", "MAX_IMAGE_PIXELS"]),
     ("png-over-max-image-pixels", lambda d: lambda: read_image(png_declaring(d, 10000, 10000)), InputError,
      ["bomb.png", "100000000 pixels", "refused before decoding"]),
+    ("tiff-second-page-20000^2", lambda d: lambda: read_image(tiff_second_page(d, 20000, 20000)), InputError,
+     ["pages.tif", "pages of this multi-page file have different sizes (5, 7) and (20000, 20000) (page 1)"]),
     ("image-is-a-fifo", lambda d: lambda: read_image(os.mkfifo(d / "x.npy") or d / "x.npy"), InputError,
      ["x.npy", "not a regular file"]),
     ("image-is-a-folder", lambda d: lambda: read_image((d / "x.png").mkdir() or d / "x.png"), InputError,
@@ -445,9 +461,17 @@ TWO = dict(epochs=2, lr=0.05, progress=False, device="cpu")
     (lambda st: st.update(epoch="x"), ["epoch x of 2 (or its counters) is not a valid state"]),
     (lambda st: st.update(epoch=10 ** 9), ["epoch 1000000000 of 2"]),
     (lambda st: st.update(rng=[{"torch": torch.zeros(3)}]), ["damaged state"]),
-    (lambda st: st.update(history=[1, 2]), ["damaged state"]),
+    (lambda st: st.update(history=[1, 2]), ["its history is damaged"]),
+    (lambda st: st["history"].update(best_val="x"), ["its history is damaged"]),
     (lambda st: st.update(optimizer={"state": 5}), ["damaged state"]),
-], ids=["no-config", "best-shape", "model-missing", "epoch-word", "epoch-huge", "rng", "history", "optimizer"])
+    (lambda st: st["optimizer"]["param_groups"][0].update(lr=1e30), ["its optimiser settings are not this run's"]),
+    (lambda st: st["optimizer"]["param_groups"][0].update(betas=(1.0, 1.0)), ["optimiser settings"]),
+    (lambda st: st["optimizer"]["state"][0].update(exp_avg_sq=-torch.ones(1, 3)),
+     ["its optimiser state of parameter 0 does not fit the model"]),
+    (lambda st: st["optimizer"]["state"][1].update(exp_avg=torch.zeros(7)), ["optimiser state of parameter 1"]),
+    (lambda st: st["scheduler"].update(T_max=0), ["its learning-rate schedule is not this run's"]),
+], ids=["no-config", "best-shape", "model-missing", "epoch-word", "epoch-huge", "rng", "history", "best-val",
+        "optimizer", "lr", "betas", "adam-negative", "adam-shape", "schedule"])
 def test_damaged_training_state_is_refused_on_resume(tmp_path, change, words):
     ck, st = _state(tmp_path)
     change(st); torch.save(st, ck)
