@@ -38,6 +38,7 @@ setuptools.setup(
     extras_require={
         'dev': dev_requirements,
         'itk': ['itkwidgets[all]==1.0a55', 'ngff-zarr<0.21'],
+        'niivue': ['ipyniivue==2.4.4'],
     },
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],

@@ -5,12 +5,17 @@
     python bench/deepssm.py --device cuda --width 1   # on a GPU, with the paper's encoder width
     python bench/deepssm.py --quick --device cpu      # a tiny smoke run
     python bench/deepssm.py --merge a.json b.json ... # one table from runs of different --models
+    python bench/deepssm.py --ablation --threads 1    # the paper's encoder (flatten, FC batch norm) against ours
 
 Shapes are real (../shared/data/femurs: 324 femur surfaces of a published shape model, rigidly aligned on the
 proximal femur; a cam-like lesion added to 30% of them); images are synthetic CT-like volumes made from them
-(shape_nb.deepssm.femur_dataset). Held-out test subjects are compared with the mean-shape baseline on RMSE (eq. 12)
-and surface distance (mm); augmentation throughput and plausibility, inference time per volume, and the severity
-AUC of a PPCA Mahalanobis score from predicted vs true correspondences are reported. Common options
+(shape_nb.deepssm.femur_dataset). Held-out test subjects are compared with the mean-shape baseline on RMSE (eq. 12,
+the mean of the per-axis RMSEs; the Euclidean RMS point distance beside it) and surface distance (mm); augmentation
+throughput and plausibility, inference time per volume, and the severity AUC of a PPCA score (eq. 15: point-wise
+Mahalanobis values projected on the outward normals of the training mean mesh, the largest over the points) from
+predicted vs true correspondences are reported. --ablation trains Base-DeepSSM with the four encoder heads
+(flatten or adaptive pool, with or without batch norm after the fully connected layers) on --folds folds and writes
+deepssm_ablation_<device>[_quick].json. Common options
 (bench/benchlib.py): --device, --threads (default 1), --quick, --out bench/results, --seed 0. JSON:
 bench/results/deepssm[_<tag>]_<device>[_quick].json (+ _predictions.npz).
 """
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from shape_nb.data import split_indices
-from shape_nb.deepssm import DeepSSM, augment_pairs, femur_dataset
+from shape_nb.deepssm import DeepSSM, augment_pairs, femur_dataset, vertex_normals
 from shape_nb.metrics import correspondence_rmse, mesh_from_points, surface_distance
 from shape_nb.nets import DeepSSMEncoder
 from shape_nb.shape import PPCA, group_difference
@@ -45,9 +50,9 @@ def surface_errors(pred, data, test, template, template_pts, n_samples):
     return np.array([o.mean for o in out]), np.array([o.hausdorff for o in out])
 
 
-def severity_auc(ppca, shapes, labels):
+def severity_auc(ppca, shapes, labels, normals):
     from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(labels, ppca.severity(shapes, reduce="max")))
+    return float(roc_auc_score(labels, ppca.severity(shapes, "max", normals)))
 
 
 def lesion_stats(points, data, test, radius):
@@ -93,12 +98,13 @@ def run(a, dev):
     from scipy.stats import ks_2samp
     ppca_all = PPCA(0.95).fit(P[tr])
 
-    def augment(n_components, label, bandwidth=None):
+    def augment(n_components, label, noise, bandwidth=None):
         from shape_nb.shape import KDESampler
+        sampler = None if bandwidth is None else KDESampler(bandwidth, random_state=a.seed)
         with bl.clock(dev) as c:
             aug = augment_pairs(X[tr], P[tr], a.n_augment, spacing=data["spacing"], origin=data["origin"],
                                 n_components=n_components, n_control=a.n_control, random_state=a.seed, device=dev,
-                                sampler=KDESampler(bandwidth, random_state=a.seed), progress=not a.no_progress)
+                                sampler=sampler, noise=noise, progress=not a.no_progress)
         secs = c.seconds
         real_s = aug.pca.transform(P[tr])
         sd_real, sd_aug = real_s.std(0, ddof=1), aug.scores.std(0, ddof=1)
@@ -122,33 +128,36 @@ def run(a, dev):
               f"augmented {rep['mahalanobis_aug_median']:.1f}", flush=True)
         return aug, rep
 
-    res["augmentation_paper"] = augment(None, "all N-1 modes (paper)")[1]
-    used = (f"n_components={a.aug_modes:g}" + (f", bandwidth {a.aug_bandwidth:g}" if a.aug_bandwidth else "")
-            + " (used for training)")
-    aug, res["augmentation"] = augment(a.aug_modes, used, a.aug_bandwidth)
+    res["augmentation_paper"] = augment(None, "all N-1 modes, std = mean NN distance (paper)", "paper")[1]
+    used = (f"n_components={a.aug_modes}, noise={a.aug_noise}"
+            + (f", bandwidth {a.aug_bandwidth:g}" if a.aug_bandwidth else "") + " (used for training)")
+    aug, res["augmentation"] = augment(a.aug_modes, used, a.aug_noise, a.aug_bandwidth)
 
     # references: the mean shape, the template mesh, a PPCA of the normal training shapes
     mean_shape = P[tr].mean(0)
     template, template_pts = data["vertices"][tr].mean(0), mean_shape
     ppca = PPCA(a.ppca_modes).fit(P[tr][lab[tr] == 0])
     res["scale"]["severity_ppca_modes"] = int(ppca.n_components_)
+    normals = vertex_normals(template, data["faces"])[data["point_index"]]     # outward, on the training mean mesh
     preds = dict(test_index=te, labels=lab[te], true=P[te])
-    true_auc = severity_auc(ppca, P[te], lab[te])
+    true_auc = severity_auc(ppca, P[te], lab[te], normals)
     near_true, near_idx = lesion_stats(P[te], data, te, a.bump_radius)
     lesion_pts = np.linalg.norm(mean_shape - mean_shape[near_idx], axis=1) < a.bump_radius
     rows = {}
 
     def evaluate(name, pred, extra):
-        r = correspondence_rmse(pred, P[te])
+        r, re = correspondence_rmse(pred, P[te]), correspondence_rmse(pred, P[te], kind="euclidean")
         sd_mean, sd_h = surface_errors(pred, data, te, template, template_pts, a.surface_samples)
         les = lab[te] == 1
         lr = correspondence_rmse(pred[les][:, lesion_pts], P[te][les][:, lesion_pts])
         gd, _ = lesion_stats(pred, data, te, a.bump_radius)
-        row = dict(rmse_mm=float(r.mean()), rmse_mm_std=float(r.std()), surface_mean_mm=float(sd_mean.mean()),
-                   hausdorff_mm=float(sd_h.mean()), lesion_rmse_mm=float(lr.mean()),
-                   severity_auc=severity_auc(ppca, pred, lab[te]), group_difference=gd, **extra)
+        row = dict(rmse_mm=float(r.mean()), rmse_mm_std=float(r.std()), euclidean_rmse_mm=float(re.mean()),
+                   surface_mean_mm=float(sd_mean.mean()), hausdorff_mm=float(sd_h.mean()),
+                   lesion_rmse_mm=float(lr.mean()), severity_auc=severity_auc(ppca, pred, lab[te], normals),
+                   group_difference=gd, **extra)
         rows[name] = row
-        print(f"  {name:12s} RMSE {row['rmse_mm']:.2f} +- {row['rmse_mm_std']:.2f} mm, surface "
+        print(f"  {name:12s} RMSE {row['rmse_mm']:.2f} +- {row['rmse_mm_std']:.2f} mm (Euclidean "
+              f"{row['euclidean_rmse_mm']:.2f}), surface "
               f"{row['surface_mean_mm']:.2f} mm (Hausdorff {row['hausdorff_mm']:.2f}), lesion RMSE "
               f"{row['lesion_rmse_mm']:.2f} mm, AUC {row['severity_auc']:.3f}, group diff at lesion "
               f"{gd['diff_at_lesion_mm']:.2f} mm", flush=True)
@@ -190,6 +199,37 @@ def run(a, dev):
     return res
 
 
+ENCODERS = {"paper (flatten, FC batch norm)": dict(pool_to=None, fc_norm=True),
+            "flatten, no FC batch norm": dict(pool_to=None, fc_norm=False),
+            "adaptive pool 3, FC batch norm": dict(pool_to=3, fc_norm=True),
+            "adaptive pool 3, no FC batch norm (before)": dict(pool_to=3, fc_norm=False)}
+
+
+def ablation(a, dev):
+    "Held-out eq. 12 RMSE (mm) of Base-DeepSSM with each encoder head, on `a.folds` folds of the femurs."
+    data = femur_dataset(a.n_subjects, spacing=a.spacing, n_points=a.n_points, random_state=a.seed,
+                         progress=not a.no_progress)
+    X, P = data["images"], data["points"]
+    perm = np.random.default_rng(a.seed).permutation(len(P))
+    common = dict(n_components=a.pca_modes, channels=scaled((12, 24, 48, 96, 192), a.width),
+                  fc=scaled((384, 96), a.width), kernel_size=a.kernel, epochs=a.epochs, patience=None,
+                  batch_size=a.batch_size, lr=a.lr, device=str(dev), progress=False)
+    rows, mean_shape = {}, []
+    for k in range(a.folds):
+        te = np.sort(perm[k::a.folds]); tr = np.setdiff1d(np.arange(len(P)), te)
+        mean_shape.append(float(correspondence_rmse(np.broadcast_to(P[tr].mean(0), P[te].shape), P[te]).mean()))
+        for name, kw in ENCODERS.items():
+            est = DeepSSM(**common, **kw, random_state=a.seed + k).fit(X[tr], P[tr])   # 10% of tr validates
+            r = float(correspondence_rmse(est.predict(X[te]).double().numpy(), P[te]).mean())
+            rows.setdefault(name, []).append(r)
+            print(f"  fold {k}: {name:44s} RMSE {r:.3f} mm (mean shape {mean_shape[-1]:.3f})", flush=True)
+    print(f"Base-DeepSSM on femurs, {a.folds} folds, {X.shape[2:]} volumes, {a.epochs} epochs:")
+    for name, v in rows.items(): print(f"  {name:44s} {np.mean(v):.3f} mm  {np.round(v, 3).tolist()}")
+    return dict(folds=a.folds, n=len(P), volume=list(X.shape[2:]), mean_shape_rmse_mm=mean_shape,
+                encoder={n: dict(mean=float(np.mean(v)), per_fold=v) for n, v in rows.items()},
+                note="eq. 12 RMSE (mm) on the held-out fold, per fold")
+
+
 def table(res, settings, device):
     "The printed table of one run (`res`: its results; `settings`: its options; `device`: `bl.describe` line)."
     s = res["scale"]
@@ -198,10 +238,11 @@ def table(res, settings, device):
              f"{s['n_augment']} augmented, {s['test']} test subjects, {s['spacing_mm']} mm volumes "
              f"{tuple(s['volume'])}, {s['n_points']} points, encoder channels {tuple(s['channels'])}, "
              f"<= {s['epochs']} epochs)",
-             f"{'model':12s} {'RMSE mm':>12s} {'surface mm':>10s} {'Hausdorff':>9s} {'lesion RMSE':>11s} {'AUC':>6s} "
-             f"{'train s':>8s} {'ms/vol':>7s}"]
+             f"{'model':12s} {'RMSE mm':>12s} {'Eucl. mm':>8s} {'surface mm':>10s} {'Hausdorff':>9s} "
+             f"{'lesion RMSE':>11s} {'AUC':>6s} {'train s':>8s} {'ms/vol':>7s}"]
     for k, r in res["results"].items():
-        lines.append(f"{k:12s} {r['rmse_mm']:6.2f} +-{r['rmse_mm_std']:4.2f} {r['surface_mean_mm']:10.2f} "
+        lines.append(f"{k:12s} {r['rmse_mm']:6.2f} +-{r['rmse_mm_std']:4.2f} {r.get('euclidean_rmse_mm', np.nan):8.2f} "
+                     f"{r['surface_mean_mm']:10.2f} "
                      f"{r['hausdorff_mm']:9.2f} {r['lesion_rmse_mm']:11.2f} {r['severity_auc']:6.3f} "
                      f"{r.get('train_seconds', float('nan')):8.0f} "
                      f"{r.get('inference_ms_per_volume', float('nan')):7.1f}")
@@ -224,8 +265,9 @@ def main():
     ap.add_argument("--n-points", type=int, default=512)
     ap.add_argument("--n-augment", type=int, default=300)
     ap.add_argument("--n-control", type=int, default=128)
-    ap.add_argument("--aug-modes", type=float, default=0.99,
-                    help="PCA modes for the augmentation's KDE: variance fraction (< 1) or count (>= 1)")
+    ap.add_argument("--aug-modes", type=float, default=None,
+                    help="PCA modes for the augmentation's KDE: variance fraction (< 1) or count (>= 1); default all")
+    ap.add_argument("--aug-noise", default="radius", choices=["paper", "radius"], help="augment_pairs noise")
     ap.add_argument("--aug-bandwidth", type=float, default=None,
                     help="KDE bandwidth of the training augmentation (default: mean nearest-neighbour distance)")
     ap.add_argument("--pca-modes", type=float, default=0.99,
@@ -248,6 +290,8 @@ def main():
     ap.add_argument("--tag", default="", help="name suffix of the JSON file")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--merge", nargs="+", help="JSON files of runs with different --models: print one table")
+    ap.add_argument("--ablation", action="store_true", help="the four encoder heads, Base-DeepSSM, --folds folds")
+    ap.add_argument("--folds", type=int, default=3)
     bl.common_args(ap, quick_help="tiny smoke run: 40 subjects at 6 mm, 128 points, 2 epochs, quarter-width encoder",
                    threads=1)
     a = ap.parse_args()
@@ -264,11 +308,14 @@ def main():
     if a.quick:
         a.n_subjects, a.spacing, a.n_points, a.n_augment, a.epochs, a.ae_epochs = 40, 6.0, 128, 16, 2, 4
         a.width, a.kernel, a.surface_samples, a.repeats = 0.25, 3, 1000, 2
-    if a.aug_modes >= 1: a.aug_modes = int(a.aug_modes)
+    if a.aug_modes is not None and a.aug_modes >= 1: a.aug_modes = int(a.aug_modes)
     if a.pca_modes >= 1: a.pca_modes = int(a.pca_modes)
     if a.ppca_modes >= 1: a.ppca_modes = int(a.ppca_modes)
     bl.require_data(a, "femurs")
     dev = bl.setup(a)
+    if a.ablation:
+        bl.write_results(a, dev, ablation(a, dev), "deepssm_ablation")
+        return
     res = run(a, dev)
     print()
     print(table(res, vars(a), bl.describe(dev)))

@@ -6,6 +6,13 @@
     python bench/discovery.py ct3d     [--size 64]  [--k 20] [--epochs 40]
     python bench/discovery.py phantoms --device cuda   # full size on a GPU (any experiment)
     python bench/discovery.py phantoms --quick --device cpu   # a smoke run (seconds)
+    python bench/discovery.py phantoms --budget paper [--n-train 56] [--threads 1]   # the paper's phantom budget
+
+`--budget paper` (phantoms): 64 x 64, K = 26 + 4 fixed corners, lambda = 1e-4 on the *sum* over pixels of the
+squared whitened difference (the paper's convention; the per-pixel-mean equivalent is 1e-4 / 4096 = 2.44e-8),
+20 epochs over all ordered training pairs; held-out relative error ||I_T - I_R||^2 / ||I_T||^2 and per-pixel MSE
+of the [0, 1] images, before / after, beside the oracle (the true control points) and beside landmarks optimised
+per pair (what K landmarks and the TPS can reach at all). JSON: bench/results/discovery_paper_budget_<device>.json.
 
 Common options (bench/benchlib.py): --device auto|cpu|cuda, --threads, --quick (tiny smoke run), --out
 bench/results, --seed 0. Real data is read from ../shared/data (or $SHAPE_NB_DATA).
@@ -74,6 +81,113 @@ def run_phantoms(a, dev):
     return res, est
 
 
+@torch.no_grad()
+def pair_errors(images, pairs, src_lm=None, tgt_lm=None, register=None, batch=64):
+    """Per-pair relative error ||I_T - I_R||^2 / ||I_T||^2 and per-pixel MSE (images in [0, 1]) of `pairs`: unregistered
+    (no landmarks), registered by `register(s, t)`, or by the TPS through `src_lm[i]` -> `tgt_lm[j]` (+ corners)."""
+    from shape_nb.discovery import fixed_points, register_pair, relative_registration_error
+    fx = fixed_points("corners", images.ndim - 2, images.dtype)
+    rel, mse = [], []
+    for p in torch.as_tensor(pairs).split(batch):
+        s, t = images[p[:, 0]], images[p[:, 1]]
+        if register is not None: s = register(s, t)
+        elif src_lm is not None: s = register_pair(s, src_lm[p[:, 0]].to(s.dtype), tgt_lm[p[:, 1]].to(s.dtype), fx)[0]
+        rel.append(relative_registration_error(t, s)); mse.append((t - s).flatten(1).pow(2).mean(1))
+    return torch.cat(rel).double(), torch.cat(mse).double()
+
+
+def per_pair_optimum(est, images, pairs, steps=300, lr=2e-3):
+    """Landmarks optimised directly for each pair (no network), from the network's own, on the training objective
+    (whitened sum + lam kappa_F): the registration K landmarks and the TPS reach on these pairs."""
+    from shape_nb.discovery import discovery_loss, fixed_points, register_pair
+    xw = est.whitener_.transform(images)
+    lm = est.predict(images, all_landmarks=True)
+    fx = fixed_points(est.fixed, 2, xw.dtype)
+    p = torch.as_tensor(pairs)
+    ls, lt = lm[p[:, 0]].clone().requires_grad_(), lm[p[:, 1]].clone().requires_grad_()
+    opt = torch.optim.Adam([ls, lt], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = discovery_loss(xw[p[:, 0]], xw[p[:, 1]], ls, lt, est.lam, fx, image_term=est.image_term)
+        opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+    with torch.no_grad():
+        reg = register_pair(images[p[:, 0]], ls.detach(), lt.detach(), fx)[0]
+    t = images[p[:, 1]]
+    rel = (t - reg).flatten(1).pow(2).sum(1) / t.flatten(1).pow(2).sum(1)
+    return rel.double(), (t - reg).flatten(1).pow(2).mean(1).double(), losses
+
+
+def run_paper_budget(a, dev):
+    """The paper's phantom budget: 20 epochs over all ordered training pairs, 64 x 64, K = 26 + 4 corners, lambda 1e-4
+    (sum convention); held-out errors beside the oracle and the per-pair optimum."""
+    import time
+    from shape_nb.phantoms import tps_phantoms
+    n = a.n_train + a.n_val + a.n_test
+    imgs, cps = tps_phantoms(n, a.size, sigma=a.sigma, seed=a.seed)
+    train, val, test = imgs[:a.n_train], imgs[a.n_train:a.n_train + a.n_val], imgs[a.n_train + a.n_val:]
+    cps_train, cps_test = cps[:a.n_train], cps[a.n_train + a.n_val:]
+    est = LandmarkDiscovery(n_landmarks=a.k, lam=a.lam, image_term="sum", epochs=a.epochs, batch_size=a.batch_size,
+                            pairs="all", lr=a.lr, noise_std=a.noise, device=str(dev), random_state=a.seed,
+                            progress=not a.no_progress)
+    with bl.clock(dev) as c: est.fit(train, validation=val)
+    secs = c.seconds
+    n_pairs = a.n_train * (a.n_train - 1)
+    test_pairs, train_pairs = all_pairs(a.n_test), all_pairs(min(a.n_train, a.n_test))
+    rows = {}
+    for name, x, pairs, cp in (("held_out", test, test_pairs, cps_test), ("train", train, train_pairs, cps_train)):
+        b_rel, b_mse = pair_errors(x, pairs)
+        r_rel, r_mse = pair_errors(x, pairs, register=est.register)
+        o_rel, o_mse = pair_errors(x, pairs, cp, cp)
+        rows[name] = dict(n_pairs=len(pairs), rel_before=b_rel.mean().item(), rel_after=r_rel.mean().item(),
+                          rel_oracle=o_rel.mean().item(), mse_before=b_mse.mean().item(),
+                          mse_after=r_mse.mean().item(), mse_oracle=o_mse.mean().item(),
+                          rel_after_median=r_rel.median().item(), mse_after_median=r_mse.median().item())
+    t0 = time.perf_counter()
+    opt_pairs = test_pairs[torch.randperm(len(test_pairs), generator=torch.Generator().manual_seed(a.seed))[:16]]
+    p_rel, p_mse, p_loss = per_pair_optimum(est, test, opt_pairs)
+    n_rel, n_mse = pair_errors(test, opt_pairs, register=est.register)
+    o_rel, o_mse = pair_errors(test, opt_pairs, cps_test, cps_test)
+    limit = dict(n_pairs=len(opt_pairs), steps=len(p_loss), seconds=time.perf_counter() - t0,
+                 rel_network=n_rel.mean().item(), rel_per_pair_optimum=p_rel.mean().item(),
+                 rel_oracle=o_rel.mean().item(), mse_network=n_mse.mean().item(),
+                 mse_per_pair_optimum=p_mse.mean().item(), mse_oracle=o_mse.mean().item(),
+                 loss_first=p_loss[0], loss_last=p_loss[-1])
+    imp = est.compute_importance(test, max_pairs=None)
+    pruning = []
+    for keep in sorted({6, 10, 15, a.k} & set(range(1, a.k + 1))):
+        est.prune(n_keep=keep)
+        r_rel, r_mse = pair_errors(test, test_pairs, register=est.register)
+        pruning.append(dict(n_keep=keep, rel_after=r_rel.mean().item(), mse_after=r_mse.mean().item()))
+    recs = est.history_["train"].records
+    res = dict(experiment="phantoms, the paper's budget", size=a.size, k=a.k, fixed="4 corners", lam=a.lam,
+               lam_convention="sum over pixels of the squared difference of the whitened images (the paper's); "
+                              "the per-pixel-mean equivalent is lam / n_pixels",
+               lam_mean_equivalent=a.lam / a.size ** 2, epochs=a.epochs, pairs_per_epoch=n_pairs,
+               n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, sigma=a.sigma, batch_size=a.batch_size, lr=a.lr,
+               noise_std=a.noise, seeds=dict(phantoms=a.seed, estimator=a.seed, torch=a.seed),
+               train_seconds=secs, pairs_per_second=a.epochs * n_pairs / secs,
+               best_epoch=est.history_["train"].best_epoch,
+               errors=rows, limit=limit, importance=imp.tolist(), pruning=pruning,
+               paper_reported="0.01% registration error on the phantoms (unit not stated; most likely the per-pixel "
+                              "MSE of [0, 1] images)",
+               history=[{k: v for k, v in r.items()} for r in recs])
+    h, o, L = rows["held_out"], rows["train"], limit
+    print(f"paper budget: phantoms {a.size}x{a.size}, {a.n_train} train ({n_pairs} ordered pairs per epoch) / "
+          f"{a.n_val} val / {a.n_test} test, K={a.k}+4 corners, lambda={a.lam} (sum), {a.epochs} epochs in "
+          f"{secs:.0f} s ({res['pairs_per_second']:.0f} pairs/s) on {dev}, best epoch {res['best_epoch']}")
+    print(f"  {'':33s} {'rel. error':>11s} {'MSE [0,1]':>11s}")
+    for nm, r in (("held-out", h), ("training pairs", o)):
+        print(f"  {nm + ' before':33s} {r['rel_before']:11.4%} {r['mse_before']:11.4%}")
+        print(f"  {nm + ' after':33s} {r['rel_after']:11.4%} {r['mse_after']:11.4%}")
+        print(f"  {nm + ' oracle (true cps)':33s} {r['rel_oracle']:11.4%} {r['mse_oracle']:11.4%}")
+    print(f"  {L['n_pairs']} held-out pairs: network {L['rel_network']:.4%} / {L['mse_network']:.4%}, landmarks "
+          f"optimised per pair {L['rel_per_pair_optimum']:.4%} / {L['mse_per_pair_optimum']:.4%}, "
+          f"oracle {L['rel_oracle']:.4%} / {L['mse_oracle']:.4%}  (rel. / MSE)")
+    for r in pruning:
+        print(f"  kept {r['n_keep']:2d}: held-out rel. error {r['rel_after']:.4%}, MSE {r['mse_after']:.4%}")
+    return res, est
+
+
 def blur(x, sigma):
     "Gaussian blur (sigma in pixels) of (n, 1, *S) images: smoother images give the warp useful gradients."
     if not sigma: return x
@@ -130,12 +244,12 @@ def outline_experiment(a, dev, name, outlines, groups_by, lm_index=None, flip_y=
     for label_name, labels in groups_by.items():
         labels = np.asarray(labels)
         k = len(np.unique(labels))
-        cl = ShapeClusters(k, scaling=False).fit(lm_tr)
+        cl = ShapeClusters(k, align="rigid").fit(lm_tr)
         ours = dict(train=clustering_scores(labels[tr], cl.labels_),
                     test=clustering_scores(labels[te], cl.predict(lm_te)))
         ref = None
         if full is not None:   # the same clustering on the full outlines (a reference)
-            clo = ShapeClusters(k, scaling=False).fit(full[tr])
+            clo = ShapeClusters(k, align="rigid").fit(full[tr])
             ref = dict(train=clustering_scores(labels[tr], clo.labels_),
                        test=clustering_scores(labels[te], clo.predict(full[te])))
         res["clustering"][label_name] = dict(landmarks=ours, outlines=ref)
@@ -236,12 +350,15 @@ def main():
     ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--n-train", type=int, default=256)
-    ap.add_argument("--n-test", type=int, default=32)
+    ap.add_argument("--n-test", type=int, default=None, help="default 32 (--budget paper: 16)")
+    ap.add_argument("--n-val", type=int, default=8, help="--budget paper: validation phantoms (early stopping)")
+    ap.add_argument("--budget", choices=["paper"], default=None,
+                    help="phantoms: the paper's budget (64 x 64, K=26, 20 epochs over all ordered pairs)")
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--lam", type=float, default=1e-4)
     ap.add_argument("--sigma", type=float, default=0.05)
     ap.add_argument("--noise", type=float, default=0.1)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=None, help="default 40 (--budget paper: 20)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--pairs-per-epoch", type=int, default=1024)
@@ -251,12 +368,20 @@ def main():
                     help="3D: displacement of one control point in the deformed subgroup")
     bl.common_args(ap, quick_help="tiny smoke run: 32x32 images (3D: 16^3), 12 train / 4 test, 2 epochs, K <= 8")
     a = ap.parse_args()
+    if a.budget and a.experiment != "phantoms": ap.error("--budget paper applies to the phantoms")
     defaults = dict(phantoms=(128, 26), mice=(128, 24), cells=(96, 24), ct3d=(32, 16))[a.experiment]
+    if a.budget: defaults = (64, 26)
     a.size = a.size or defaults[0]; a.k = a.k or defaults[1]
+    a.epochs = a.epochs or (20 if a.budget else 40)
+    a.n_test = a.n_test or (16 if a.budget else 32)
     if a.quick:
         a.size = 16 if a.experiment == "ct3d" else 32
         a.n_train, a.n_test, a.epochs, a.pairs_per_epoch, a.k = 12, 4, 2, 16, min(a.k, 8)
     dev = bl.setup(a)
+    if a.budget:
+        res, _ = run_paper_budget(a, dev)
+        bl.write_results(a, dev, res, "discovery_paper_budget")
+        return
     res, _ = EXPERIMENTS[a.experiment](a, dev)
     bl.write_results(a, dev, res, f"discovery_{a.experiment}")
 

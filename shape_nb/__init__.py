@@ -14,11 +14,13 @@ _PUBLIC = {
     "shape": "GPA ShapePCA PPCA KDESampler group_difference",
     "tps": "tps_fit tps_apply tps_warp_image tps_condition",
     "io": "read_image read_images write_image stack_images read_labelme write_labelme read_landmarks_csv "
-          "write_landmarks_csv read_landmark_folder",
+          "write_landmarks_csv read_landmark_folder read_dicom_series list_dicom_series",
     "core": "InputError as_images index_to_norm norm_to_index get_device seed_everything",
     "estimator": "Estimator",
     "metrics": "correspondence_rmse mean_radial_error success_detection_rate detection_report",
     "phantoms": "tps_phantoms",
+    "annotate": "LandmarkAnnotator detector_doubt",
+    "markups": "read_markups write_markups markups_to_index markups_to_norm",
 }
 _WHERE = {name: mod for mod, names in _PUBLIC.items() for name in names.split()}
 

@@ -119,7 +119,8 @@ def _common(a) -> dict:
 # %% ../nbs/60_cli.ipynb #29db9b2b
 def _add_discover(sub):
     c = sub.add_parser("discover", help="self-supervised landmark discovery on a folder (or glob) of images")
-    c.add_argument("images", help="folder, glob pattern or file of 2D/3D images (PNG/TIFF/NIfTI/NRRD/MHA/.npy)")
+    c.add_argument("images", help="folder, glob pattern or file of 2D/3D images "
+                   "(PNG/TIFF/NIfTI/NRRD/MHA/.npy, or DICOM series folders)")
     c.add_argument("--k", "--n-landmarks", dest="k", type=int, default=30, help="landmarks to train (default 30)")
     c.add_argument("--keep", type=int, default=None, help="keep the KEEP most important landmarks (default: all)")
     c.add_argument("--epochs", type=int, default=30)
@@ -141,7 +142,8 @@ def _add_deepssm(sub):
     ds = sub.add_parser("deepssm", help="DeepSSM: images to dense correspondences (train / predict)")
     dsub = ds.add_subparsers(dest="deepssm_command", metavar="train|predict", required=True)
     t = dsub.add_parser("train", help="train on images and their correspondences (.particles or CSV)")
-    t.add_argument("--images", required=True, help="folder, glob or file list of 2D/3D images")
+    t.add_argument("--images", required=True,
+                   help="folder, glob or file list of 2D/3D images (DICOM series: one folder each)")
     t.add_argument("--landmarks", "--points", dest="landmarks", required=True,
                    help="folder/glob of .particles files named like the images, or a CSV")
     t.add_argument("--val-images", default=None)
@@ -190,6 +192,10 @@ def _add_semisup(sub):
     t.add_argument("--rounds", type=int, default=3, help="self-training rounds (default 3)")
     t.add_argument("--supervised-only", action="store_true", help="the supervised baseline (no self-training)")
     t.add_argument("--skip-bad-labels", action="store_true", help="skip LabelMe files with missing/duplicate labels")
+    t.add_argument("--pixel-size", type=float, nargs="+", default=None, metavar="MM",
+                   help="mm per pixel of the image files (one value, or x y) where the files carry none (PNG)")
+    t.add_argument("--z-threshold", type=float, default=None,
+                   help="abnormal-landmark threshold Z in mm (pixels without a pixel size; default 2, the paper's)")
     _training_args(t, "semisup_out")
     t.set_defaults(func=_semisup_train)
     q = ssub.add_parser("predict", help="detect landmarks on a folder of images with a trained checkpoint")
@@ -204,8 +210,10 @@ def _semisup_train(a):
     names = ("epochs_pretrain", "epochs_round", "epochs_finetune")
     epochs = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.supervised_only: epochs["self_training"] = False
+    if a.z_threshold is not None: epochs["z_threshold"] = a.z_threshold
     return train_from_folder(a.labelled, a.labels, a.out, unlabelled=a.unlabelled, size=a.size, rounds=a.rounds,
-                             on_bad_labels="skip" if a.skip_bad_labels else "error", **epochs, **_common(a))
+                             on_bad_labels="skip" if a.skip_bad_labels else "error", pixel_size=a.pixel_size,
+                             **epochs, **_common(a))
 
 def _semisup_predict(a):
     from shape_nb.semisup import predict_folder

@@ -111,7 +111,7 @@ def as_points(points,                     # (n, K, d) tensor or array (or one (K
         raise InputError(f"{name}: point {k} of set {i} is NaN or Inf; every coordinate must be given")
     return P
 
-# %% ../nbs/00_core.ipynb #7ede95b4
+# %% ../nbs/00_core.ipynb #299756b2
 def _sizes(x, spatial_shape: Sequence[int]):
     "Spatial shape in array order -> per-coordinate sizes (x, y[, z]) as an array/tensor like `x`."
     n = tuple(int(s) for s in spatial_shape)[::-1]
@@ -144,23 +144,51 @@ def norm_to_index(pts, spatial_shape: Sequence[int]):
     n = _sizes(pts, spatial_shape)
     return ((pts + 1) * n - 1) / 2
 
-def index_to_mm(idx, spacing, origin=None):
-    "Voxel indices (x, y[, z]) -> physical mm: `origin + idx * spacing` (spacing/origin in x, y[, z] order)."
+# %% ../nbs/00_core.ipynb #75c079ef
+def _dir(direction, x):
+    "The direction matrix (..., d, d) as an array/tensor like `x`, checked; None stays None (the identity)."
+    if direction is None: return None
+    d = x.shape[-1]
+    if torch.is_tensor(x):
+        D = torch.as_tensor(direction, dtype=x.dtype if x.is_floating_point() else torch.float64, device=x.device)
+        det = torch.linalg.det(D.double()).abs().cpu().numpy() if D.shape[-2:] == (d, d) else None
+    else:
+        D = np.asarray(direction, dtype=float)
+        det = np.abs(np.linalg.det(D)) if D.shape[-2:] == (d, d) else None
+    if det is None:
+        raise InputError(f"direction has shape {tuple(D.shape)} but points have {d} coordinates; expected a ({d}, {d}) "
+                         f"matrix whose columns are the x, y[, z] voxel axes in physical space")
+    if not (np.isfinite(det).all() and (det > 1e-6).all()):
+        raise InputError(f"direction {np.round(to_numpy(D), 4).tolist()} is singular or not finite; its columns must "
+                         f"be the (unit) directions of the x, y[, z] voxel axes")
+    return D
+
+def _matvec(D, v):
+    "`D @ v` for points `v` (..., d) and a (..., d, d) matrix `D` (batch dimensions broadcast like `v`'s)."
+    return (D @ v[..., None])[..., 0]
+
+# %% ../nbs/00_core.ipynb #e2502187
+def index_to_mm(idx, spacing, origin=None, direction=None):
+    "Voxel indices (x, y[, z]) -> physical mm: `origin + direction @ (idx * spacing)` (ITK's convention)."
     out = idx * _vec(spacing, idx, "spacing")
+    D = _dir(direction, idx)
+    if D is not None: out = _matvec(D, out)
     return out if origin is None else out + _vec(origin, idx, "origin")
 
-def mm_to_index(mm, spacing, origin=None):
+def mm_to_index(mm, spacing, origin=None, direction=None):
     "Physical mm -> voxel indices (x, y[, z]); inverse of `index_to_mm`."
+    D = _dir(direction, mm)
     if origin is not None: mm = mm - _vec(origin, mm, "origin")
+    if D is not None: mm = _matvec(torch.linalg.inv(D) if torch.is_tensor(D) else np.linalg.inv(D), mm)
     return mm / _vec(spacing, mm, "spacing")
 
-def norm_to_mm(pts, spatial_shape, spacing, origin=None):
+def norm_to_mm(pts, spatial_shape, spacing, origin=None, direction=None):
     "Normalised [-1, 1] coordinates -> physical mm."
-    return index_to_mm(norm_to_index(pts, spatial_shape), spacing, origin)
+    return index_to_mm(norm_to_index(pts, spatial_shape), spacing, origin, direction)
 
-def mm_to_norm(mm, spatial_shape, spacing, origin=None):
+def mm_to_norm(mm, spatial_shape, spacing, origin=None, direction=None):
     "Physical mm -> normalised [-1, 1] coordinates."
-    return index_to_norm(mm_to_index(mm, spacing, origin), spatial_shape)
+    return index_to_norm(mm_to_index(mm, spacing, origin, direction), spatial_shape)
 
 # %% ../nbs/00_core.ipynb #fd701f09
 def pixel_grid(spatial_shape: Sequence[int],  # (H, W) or (D, H, W)

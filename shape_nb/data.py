@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .core import InputError, MissingFileError, check_shape, patch, pixel_grid
-from .io import shared_data_dir
+from .io import file_stem, read_images, read_labelme, shared_data_dir, stack_images
 
 # %% auto #0
-__all__ = ['rasterize_polygons', 'FrameTransform', 'fit_to_frame', 'data_root', 'has_dataset', 'load_mice_vertebrae',
-           'load_osteosarcoma_cells', 'load_cortical_outlines', 'load_femurs', 'mesh_volume', 'icosphere',
-           'mesh_bounds', 'voxelize_mesh', 'Whitener', 'all_pairs', 'random_pairs', 'PairSampler', 'split_indices',
-           'ImageSet', 'LandmarkSet']
+__all__ = ['CEPH_LABELS', 'rasterize_polygons', 'FrameTransform', 'fit_to_frame', 'data_root', 'has_dataset',
+           'load_mice_vertebrae', 'load_osteosarcoma_cells', 'load_cortical_outlines', 'load_femurs',
+           'load_cephalograms', 'mesh_volume', 'icosphere', 'mesh_bounds', 'voxelize_mesh', 'Whitener', 'all_pairs',
+           'random_pairs', 'PairSampler', 'split_indices', 'ImageSet', 'LandmarkSet']
 
 # %% ../nbs/03_data.ipynb #73cc6d68
 def _tensor(x) -> torch.Tensor:
@@ -275,6 +275,32 @@ def load_femurs(root=None,  # data root (default: `data_root()`)
         return mean + np.tensordot(s, modes, 1)
     m["surfaces"] = surfaces
     return m
+
+# %% ../nbs/03_data.ipynb #861f15ab
+CEPH_LABELS = tuple(f"l{i}" for i in range(1, 20))
+
+def load_cephalograms(size: Sequence[int] | None = None,  # (H, W) to resize the images to; None: as stored
+                      annotator: str = "farhadifar",    # whose landmarks are the truth ('farhadifar' / 'mollabashi')
+                      root=None,                        # data root (default: `data_root()`)
+                     ) -> dict:  # images (n, 1, H, W), landmarks / other (n, 19, 2) PNG pixels, names, png_shape
+    "The Hamedan cephalograms with both annotators' 19 landmarks (PNG pixel indices); defective files left out."
+    names = ("farhadifar", "mollabashi")
+    if annotator not in names: raise InputError(f"annotator must be one of {names}, got {annotator!r}")
+    d = _dataset_dir("cephalograms_hamedan", root)
+    second = names[1 - names.index(annotator)]
+    ims = read_images(d / "images", resize=size)
+    keep, gt, other = [], [], []
+    for im in ims:
+        stem = file_stem(im.path)
+        try: a, _ = read_labelme(d / f"labelme_{annotator}" / f"{stem}.json", CEPH_LABELS)
+        except InputError: continue                        # defective annotation file: image left out
+        try: b, _ = read_labelme(d / f"labelme_{second}" / f"{stem}.json", CEPH_LABELS)
+        except InputError: b = np.full_like(a, np.nan)     # the other annotator's file is unusable
+        keep.append(im); gt.append(a); other.append(b)
+    H, W = keep[0].shape
+    png = (round(H * keep[0].spacing[1]), round(W * keep[0].spacing[0]))   # resizing scales the spacing
+    return dict(images=stack_images(keep), landmarks=np.stack(gt), other=np.stack(other),
+                names=[file_stem(im.path) for im in keep], labels=list(CEPH_LABELS), png_shape=png)
 
 # %% ../nbs/03_data.ipynb #adf4d72d
 def mesh_volume(vertices,  # (V, 3) array/tensor

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import InputError, check_shape
+from .core import InputError, check_shape, patch
 
 # %% auto #0
 __all__ = ['conv_nd', 'pool_nd', 'bn_nd', 'grid_points', 'LandmarkRegressor', 'xavier_init_', 'DeepSSMEncoder', 'PCADecoder',
@@ -109,41 +109,86 @@ def _check_images_in(x, spatial_dims, in_channels, who):
         raise InputError(f"{who}({spatial_dims}D): expected an image batch (B, {in_channels}, {sp}), "
                          f"got shape {tuple(x.shape)}")
 
+def _feature_size(size, n_conv, pool_after, shrink, ceil) -> tuple:
+    "Spatial size of the feature map: each convolution takes `shrink` voxels off, each 2x pool halves (ceil/floor)."
+    s = tuple(int(v) for v in size)
+    for i in range(n_conv):
+        s = tuple(v - shrink for v in s)
+        if i in pool_after: s = tuple(-(-v // 2) if ceil else v // 2 for v in s)
+    return s
+
 class DeepSSMEncoder(nn.Module):
-    "DeepSSM image encoder: 5 convolutions (BatchNorm, PReLU, 3 max pools), adaptive pool, FC 384-96-`n_out`."
+    "DeepSSM image encoder: 5 convolutions (BatchNorm, PReLU, 3 max pools), flatten (or pool), FC 384-96-`n_out`."
     def __init__(self,
                  n_out: int,                                    # outputs: PCA modes (Base) or latent size (TL)
                  spatial_dims: int = 3,                         # 2 or 3
                  in_channels: int = 1,
                  channels: Sequence[int] = (12, 24, 48, 96, 192),  # one convolution each
-                 kernel_size: int = 5,                          # odd; padded to keep the size
+                 kernel_size: int = 5,                          # odd
                  fc: Sequence[int] = (384, 96),                 # hidden fully connected widths
-                 pool_to: int = 3,                              # adaptive average pooling size before the FC layers
+                 pool_to: int | None = 3,                       # None: flatten (paper); k: adaptive avg pool to k^d
                  pool_after: Sequence[int] = (0, 2, 4),         # max pool after these convolutions (0-based)
+                 image_size: Sequence[int] | None = None,       # spatial input size; needed with pool_to=None
+                 fc_norm: bool = False,                         # BatchNorm1d after each hidden FC layer (paper)
+                 conv_padding: str = "same",                    # 'same' (size kept, pools round up) or 'valid'
                 ):
         super().__init__()
-        if kernel_size % 2 != 1: raise InputError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        if kernel_size % 2 != 1: raise InputError(f"kernel_size must be odd, got {kernel_size}")
         if n_out < 1: raise InputError(f"n_out must be >= 1, got {n_out}")
+        if pool_to is not None and pool_to < 1: raise InputError(f"pool_to must be >= 1 or None, got {pool_to}")
+        if conv_padding not in ("same", "valid"):
+            raise InputError(f"conv_padding must be 'same' or 'valid', got {conv_padding!r}")
         self.spatial_dims, self.in_channels, self.n_out = _dims(spatial_dims), in_channels, n_out
+        same = conv_padding == "same"
+        self._geometry = (len(channels), tuple(pool_after), 0 if same else kernel_size - 1, same)
         layers, c = [], in_channels
         for i, co in enumerate(channels):
-            layers += [conv_nd(spatial_dims, c, co, kernel_size, padding=kernel_size // 2),
+            layers += [conv_nd(spatial_dims, c, co, kernel_size, padding=kernel_size // 2 if same else 0),
                        bn_nd(spatial_dims, co), nn.PReLU()]
-            if i in pool_after: layers += [pool_nd(spatial_dims, 2, ceil_mode=True)]
+            if i in pool_after: layers += [pool_nd(spatial_dims, 2, ceil_mode=same)]
             c = co
         self.features = nn.Sequential(*layers)
-        self.pool = (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial_dims - 2](pool_to)
-        head, f = [nn.Flatten()], c * pool_to ** spatial_dims
+        self.image_size = None if pool_to else self._flat_size(image_size)
+        cells = pool_to ** spatial_dims if pool_to else math.prod(_feature_size(self.image_size, *self._geometry))
+        adaptive = (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial_dims - 2]
+        self.pool = adaptive(pool_to) if pool_to else nn.Identity()
+        head, f = [nn.Flatten()], c * cells
         for h in fc:
-            head += [nn.Linear(f, h), nn.PReLU()]
+            head += [nn.Linear(f, h)] + ([nn.BatchNorm1d(h)] if fc_norm else []) + [nn.PReLU()]
             f = h
         head += [nn.Linear(f, n_out)]
         self.head = nn.Sequential(*head)
         xavier_init_(self)
 
-    def forward(self, x):  # (B, C, *spatial) -> (B, n_out)
-        _check_images_in(x, self.spatial_dims, self.in_channels, "DeepSSMEncoder")
-        return self.head(self.pool(self.features(x)))
+# %% ../nbs/06_nets.ipynb #e380ffdf
+@patch
+def _check_size(self: DeepSSMEncoder, size):
+    "Refuse a spatial input size that the unpadded convolutions would shrink to nothing."
+    if min(_feature_size(size, *self._geometry)) < 1:
+        raise InputError(f"DeepSSMEncoder: images of size {tuple(size)} are too small for conv_padding='valid' "
+                         f"(each convolution takes {self._geometry[2]} voxels off); use conv_padding='same' or "
+                         f"larger images")
+
+@patch
+def _flat_size(self: DeepSSMEncoder, image_size) -> tuple:
+    "The checked spatial input size of a flattening encoder."
+    if image_size is None:
+        raise InputError("pool_to=None flattens the feature map, so the encoder needs image_size (the spatial size "
+                         "of its input images); or pass pool_to=k for an adaptive pool to k^d cells")
+    size = tuple(int(v) for v in image_size)
+    if len(size) != self.spatial_dims or min(size) < 1:
+        raise InputError(f"image_size must be {self.spatial_dims} positive sizes, got {tuple(image_size)}")
+    self._check_size(size)
+    return size
+
+@patch
+def forward(self: DeepSSMEncoder, x):  # (B, C, *spatial) -> (B, n_out)
+    _check_images_in(x, self.spatial_dims, self.in_channels, "DeepSSMEncoder")
+    if self.image_size is not None and tuple(x.shape[2:]) != self.image_size:
+        raise InputError(f"DeepSSMEncoder: this encoder flattens its feature map, so it takes images of size "
+                         f"{self.image_size} only, got {tuple(x.shape[2:])}")
+    if self.image_size is None and self._geometry[2]: self._check_size(x.shape[2:])
+    return self.head(self.pool(self.features(x)))
 
 # %% ../nbs/06_nets.ipynb #3392590a
 class PCADecoder(nn.Module):
@@ -201,7 +246,7 @@ class CorrespondenceAE(nn.Module):
                  n_points: int,                     # M
                  dim: int = 3,                      # d
                  latent: int = 64,                  # bottleneck size
-                 hidden: Sequence[int] = (1024, 512),  # encoder widths (the decoder mirrors them)
+                 hidden: Sequence[int] = (1024,),   # encoder widths (decoder mirrored): one = 2 linear layers a side
                  negative_slope: float = 0.01,      # leaky ReLU slope
                  center=None,                       # (M, d) subtracted before encoding (e.g. the mean); None: zeros
                  scale: float = 1.0,                # inputs are divided by it (e.g. the std of the coordinates)
@@ -243,7 +288,7 @@ class TLDeepSSM(nn.Module):
                  n_points: int,                     # M
                  latent: int = 64,                  # bottleneck size
                  spatial_dims: int = 3,             # image (and point) dimension
-                 hidden: Sequence[int] = (1024, 512),  # autoencoder widths
+                 hidden: Sequence[int] = (1024,),   # autoencoder widths
                  negative_slope: float = 0.01,
                  center=None,                       # autoencoder input centre (M, d)
                  scale: float = 1.0,                # autoencoder input scale

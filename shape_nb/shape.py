@@ -313,13 +313,13 @@ def _from_state_dict(cls, sd: dict) -> ShapePCA:
 
 ShapePCA.from_state_dict = classmethod(_from_state_dict)
 
-# %% ../nbs/05_shape.ipynb #adaaa3f5
+# %% ../nbs/05_shape.ipynb #0be070e3
 class PPCA(ShapePCA):
     "Probabilistic PCA of `(n, K, d)` shapes, S = U_L Lambda_L U_L^T + sigma^2 I, with Mahalanobis distances."
     def __init__(self,
                  n_components: int | float = 0.95,  # modes kept (int) or variance fraction; must leave some for sigma^2
                  align: str | None = None,          # 'gpa' to GPA-align first (and align new shapes to its mean)
-                 noise_average: str = "rank",       # sigma^2 = discarded eigenvalues / (rank - L); 'full': / (Kd - L)
+                 noise_average: str = "full",       # 'full' (eq. 13) or 'rank': sigma^2's divisor Kd - L or rank - L
                  scaling: bool = True,              # GPA option
                  max_iter: int = 100,               # GPA option
                  tol: float = 1e-10,                # GPA option
@@ -327,7 +327,7 @@ class PPCA(ShapePCA):
         super().__init__(n_components, align, scaling, max_iter, tol)
         self.noise_average = noise_average
 
-# %% ../nbs/05_shape.ipynb #8f18e5c4
+# %% ../nbs/05_shape.ipynb #6119ec11
 @patch
 def fit(self: PPCA, shapes):  # (n, K, d) array or tensor
     "Fit the PCA, then `noise_variance_` (sigma^2) and the per-point precision blocks."
@@ -343,8 +343,8 @@ def _fit_noise(self: PPCA):
     if L >= rank:
         raise InputError(f"n_components keeps all {rank} non-zero modes, leaving no variance for sigma^2: "
                          f"use fewer modes (n_components < {rank} or a variance fraction < 1)")
-    rest = self.eigenvalues_[L:].sum()
-    self.noise_variance_ = rest / (rank - L) if self.noise_average == "rank" else rest / (Kd - L)
+    rest = self.eigenvalues_[L:].sum()                                         # the eigenvalues past the rank are 0
+    self.noise_variance_ = rest / (Kd - L) if self.noise_average == "full" else rest / (rank - L)   # eq. 13: full
     K, d, s2 = self.n_points_, self.dim_, self.noise_variance_
     Uk = self.components_.reshape(L, K, d).transpose(1, 2, 0)                  # (K, d, L)
     lam = self.explained_variance_
@@ -382,32 +382,67 @@ def mahalanobis(self: PPCA, shapes):  # (m, K, d) -> (m,)
     d2 = (b * b / lam).sum(1) + (e * e).sum(1) / self.noise_variance_
     return d2 ** 0.5
 
-# %% ../nbs/05_shape.ipynb #62fefda9
+# %% ../nbs/05_shape.ipynb #13175b6a
 @patch
-def pointwise_mahalanobis(self: PPCA, shapes,                # (m, K, d)
-                          block: str = "marginal",     # 'marginal': inverse of S_kk; 'precision': block of S^-1
-                         ):                            # (m, K) distances
-    "Per-point Mahalanobis distance of each point's displacement from the mean point (eq. 15); type follows input."
+def whiten(self: PPCA, shapes):  # (m, K, d) -> (m, K, d)
+    "Whitened deviation S^-1/2 (x - mu) of each point (spectral form, no Kd x Kd matrix); type follows the input."
     _check_fitted(self, "noise_variance_")
-    if block not in self._prec:
-        raise InputError(f"block must be 'marginal' or 'precision', got {block!r}")
+    F = self._deviation(shapes)
+    U = _param(self.components_, F)
+    b = F @ U.T
+    s2 = self.noise_variance_
+    z = (b / _param(np.sqrt(self.explained_variance_ + s2), F)) @ U + (F - b @ U) / s2 ** 0.5
+    return z.reshape(z.shape[0], self.n_points_, self.dim_)
+
+# %% ../nbs/05_shape.ipynb #038f8f3c
+_POINTWISE = ("normal", "whitened", "marginal", "precision")
+
+def _unit_normals(normals, like):
+    "Unit normals (1 or m, K, d) in the type of `like` (m, K, d)."
+    N = to_numpy(normals)
+    if N.ndim == 2: N = N[None]
+    m, K, d = like.shape
+    check_shape(N, "m K d", "normals", m=(1, m), K=K, d=d)
+    length = np.linalg.norm(N, axis=-1, keepdims=True)
+    if not (np.isfinite(N).all() and (length > 0).all()): raise InputError("normals must be finite and non-zero")
+    return _param(N / length, like)
+
+@patch
+def pointwise_mahalanobis(self: PPCA, shapes,       # (m, K, d), in the frame of the training shapes
+                          normals=None,      # (K, d) or (m, K, d) outward surface normals (kind 'normal' only)
+                          kind: str = "normal",  # 'normal' (eq. 15), 'whitened', 'marginal' or 'precision'
+                         ):                  # (m, K): signed for 'normal', >= 0 otherwise
+    "Point-wise Mahalanobis values; eq. 15: the point's slice of S^-1/2 (x - mu) on its normal. Type follows input."
+    _check_fitted(self, "noise_variance_")
+    if kind not in _POINTWISE: raise InputError(f"kind must be one of {_POINTWISE}, got {kind!r}")
+    if (normals is None) == (kind == "normal"):
+        raise InputError("kind='normal' (eq. 15) projects on the surface normals: pass normals=(K, d) or (m, K, d), "
+                         "or use kind='whitened' (no normals)" if kind == "normal" else
+                         f"normals are used by kind='normal' only, not by kind={kind!r}")
+    if kind in ("normal", "whitened"):
+        Z = self.whiten(shapes)
+        return (Z * _unit_normals(normals, Z)).sum(-1) if kind == "normal" else (Z * Z).sum(-1) ** 0.5
     D = self._deviation(shapes)
     D = D.reshape(D.shape[0], self.n_points_, self.dim_)
-    P = _param(self._prec[block], D)
+    P = _param(self._prec[kind], D)
     q = (torch if torch.is_tensor(D) else np).einsum("mkd,kde,mke->mk", D, P, D)
     return q.clip(0, None) ** 0.5
 
-# %% ../nbs/05_shape.ipynb #dc59ce62
+# %% ../nbs/05_shape.ipynb #5bb1a7e0
+_REDUCE = ("max", "mean", "max_abs", "mean_abs")
+
 @patch
-def severity(self: PPCA, shapes,                 # (m, K, d)
-             reduce: str = "mean",         # 'mean' or 'max' over the points
-             block: str = "marginal",      # passed to `pointwise_mahalanobis`
-            ):                             # (m,)
-    "One abnormality score per shape: the mean (or max) over points of the point-wise Mahalanobis distances."
-    pw = self.pointwise_mahalanobis(shapes, block)
-    if reduce == "mean": return pw.mean(1)
-    if reduce == "max": return pw.max(1) if not torch.is_tensor(pw) else pw.amax(1)
-    raise InputError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+def severity(self: PPCA, shapes,         # (m, K, d)
+             reduce: str,                # 'max', 'mean', 'max_abs' or 'mean_abs' over the points
+             normals=None,               # passed to `pointwise_mahalanobis`
+             kind: str = "normal",       # passed to `pointwise_mahalanobis`
+            ):                           # (m,)
+    "One abnormality score per shape: the named reduction over points of the point-wise Mahalanobis values."
+    if reduce not in _REDUCE: raise InputError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    pw = self.pointwise_mahalanobis(shapes, normals, kind)
+    if reduce.endswith("_abs"): pw = abs(pw)
+    if reduce.startswith("mean"): return pw.mean(1)
+    return pw.amax(1) if torch.is_tensor(pw) else pw.max(1)
 
 # %% ../nbs/05_shape.ipynb #a80b1aa4
 def _ppca_from_state_dict(cls, sd: dict) -> PPCA:

@@ -661,6 +661,8 @@ def fit(model: nn.Module,                       # trained in place (moved to the
     if cfg.resume and Path(cfg.checkpoint).exists():
         hist, best_state, since_best, start, finished = _resume(cfg.checkpoint, r, sched)
         hist.resumed_from = start
+        if cfg.progress and r.rank == 0 and not finished:
+            print(f"resuming from epoch {start} of {cfg.epochs} ({cfg.checkpoint})")
     if finished:
         model.eval()
         return hist

@@ -39,7 +39,7 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     assert means and all(b["buffers"][k.replace("running_mean", "num_batches_tracked")] == 14 for k in means)
     assert all(np.abs(np.array(b["buffers"][k]) - np.array(a["buffers"][k])).max() < 0.5 for k in means)
     # the file pipeline under torchrun: every rank trains, rank 0 alone writes the results
-    files = ["discovery.pt", "importance.csv", "landmarks.csv", "report.html", "summary.json"]
+    files = [".results.json", "discovery.pt", "importance.csv", "landmarks.csv", "report.html", "summary.json"]
     assert sorted(p.name for p in Path(f"{two}.d").iterdir()) == files
     assert [json.loads(Path(f"{two}.rank{r}").read_text())["summary"] for r in (0, 1)] == [True, False]
     assert json.loads(Path(f"{one}.rank0").read_text())["summary"]

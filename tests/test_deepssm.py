@@ -40,7 +40,8 @@ def test_round_trip(files, tmp_path):
     root, mm = files
     est = train_from_folder(root / "img", root / "pts", tmp_path / "run", n_augment=6,
                             augment_kw=dict(n_control=12), **SMALL)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["deepssm.pt", "report.html", "summary.json"]
+    listing = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert listing == [".results.json", "deepssm.pt", "report.html", "summary.json"]
     assert est.augmentation_["n"] == 6 and est.n_landmarks_ == 24 and est.d_ == 3
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary == est.summary_

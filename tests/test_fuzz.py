@@ -4,12 +4,14 @@ Each test starts from a valid file written by the package's own writers (Pillow 
 only reads), then truncates it, flips, inserts or deletes bytes, changes header fields (sizes, types, dimensions,
 spacing 0/NaN/negative, data-file names pointing outside the folder or to devices), swaps the types of JSON values
 and puts huge or negative numbers in. Every outcome must be the correct value (checked by type, shape and
-finiteness of the geometry; equal to the original when the bytes did not change) or an `InputError` whose
-message is one non-empty line naming the file. Never another exception, never a call longer than 5 s (an alarm),
-never a file opened outside the data folder or under /dev (an audit hook), never a large jump of the peak memory.
+finiteness of the geometry: spacing, origin, direction; equal to the original when the bytes did not change) or an
+`InputError` whose message is one non-empty line naming the file. Never another exception, never a call longer than
+5 s (an alarm), never a file opened outside the data folder or under /dev (an audit hook), never a large jump of the
+peak memory. The audit hook sees Python's opens only: SimpleITK's C++ opens (NIfTI, NRRD, MetaImage) are kept inside
+the folder by shape_nb.io's header checks, which run before ITK sees a file.
 
 Deterministic (`derandomize=True`, no example database). SHAPE_NB_FUZZ_EXAMPLES sets the examples per test
-(default 250, 17 tests: 4,250 cases); SHAPE_NB_FUZZ_RANDOM=1 draws new examples on every run (to explore further;
+(default 250, 18 tests: 4,500 cases); SHAPE_NB_FUZZ_RANDOM=1 draws new examples on every run (to explore further;
 a failure prints the blob that reproduces it with @reproduce_failure).
 """
 import copy
@@ -37,6 +39,7 @@ from shape_nb.core import InputError  # noqa: E402
 from shape_nb.io import (Image, TpsSpecimen, read_image, read_labelme, read_landmarks_csv, read_particles,  # noqa: E402
                          read_pts, read_tps, write_image, write_labelme, write_landmarks_csv, write_particles,
                          write_pts, write_tps)
+from shape_nb.markups import Markups, read_markups, write_markups  # noqa: E402
 from shape_nb.train import History, TrainConfig, fit, load_checkpoint, save_checkpoint  # noqa: E402
 
 # broken files make the libraries warn (truncated TIFF, overflow in a cast, decompression-bomb size): expected here
@@ -133,12 +136,15 @@ def valid_image(im):
     assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim in (2, 3) and a.size > 0
     assert len(im.spacing) == a.ndim and all(np.isfinite(s) and s > 0 for s in im.spacing), im.spacing
     assert len(im.origin) == a.ndim and all(np.isfinite(o) for o in im.origin), im.origin
+    D = im.direction
+    assert D.shape == (a.ndim, a.ndim) and np.isfinite(D).all() and abs(np.linalg.det(D)) > 1e-6, D
 
 
 def same_image(ref):
     def check(im):
         np.testing.assert_array_equal(im.array, ref.array)
         assert im.spacing == ref.spacing and im.origin == ref.origin
+        np.testing.assert_array_equal(im.direction, ref.direction)
     return check
 
 
@@ -355,8 +361,8 @@ def _nii_edit(raw: bytes, edits) -> bytes:
     return bytes(b)
 
 
-@FUZZ
-@given(name=st.sampled_from(["base.nii", "base.nii.gz"]), edits=NII_EDITS, ops=byte_ops(352),
+@FUZZ     # two stems: a .nii.gz next to a .nii of its stem is refused (the NIfTI library would read the .nii)
+@given(name=st.sampled_from(["base.nii", "gz.nii.gz"]), edits=NII_EDITS, ops=byte_ops(352),
        gz_ops=byte_ops(32))
 def test_fuzz_nifti(name, edits, ops, gz_ops):
     data, _ = base(name, lambda p: write_image(p, VOL, (0.5, 0.75, 1.25), (1.0, -2.0, 3.0)))
@@ -553,6 +559,31 @@ def test_fuzz_particles(tok, lines, ops):
     text = write_particles(DATA / "base.particles", PTS3).read_text()
     p, same = _text_case("base.particles", text, tok, lines, ops)
     outcome(read_particles, p, points_array((3,)), (lambda v: np.testing.assert_array_equal(v, PTS3)) if same else None)
+
+
+@FUZZ
+@given(kind=st.sampled_from([".mrk.json", ".fcsv"]), edits=st.lists(st.tuples(st.integers(0, 10 ** 6), JSON_VALUES),
+       max_size=2), tok=TOKEN_EDITS, lines=LINE_EDITS, ops=byte_ops(64))
+def test_fuzz_markups(kind, edits, tok, lines, ops):
+    p = write_markups(DATA / f"base{kind}", PTS3, [f"l{i}" for i in range(5)], "RAS")
+    text = p.read_text()
+    if kind == ".mrk.json":
+        d = json.loads(text)
+        for i, value in edits:
+            paths = list(_json_paths(d))
+            d = _json_set(d, paths[i % len(paths)], value)
+        text = json.dumps(d)
+    s = edit_lines(tokens_edit(text, tok), lines, "=" if kind == ".fcsv" else ":")
+    p.write_bytes(apply_ops(s.encode("utf-8", "surrogatepass"), ops))
+    same = not (edits if kind == ".mrk.json" else False) and not tok and not lines and not ops
+
+    def valid(m):
+        assert isinstance(m, Markups) and m.coordinate_system == "LPS"
+        assert m.points.dtype == np.float64 and m.points.ndim == 2 and m.points.shape[1] == 3
+        assert np.isfinite(m.points).all() and len(m.names) == len(m.points)
+        assert all(isinstance(n, str) for n in m.names)
+    expected = (lambda m: np.testing.assert_array_equal(m.points, PTS3 * [-1, -1, 1])) if same else None
+    outcome(read_markups, p, valid, expected)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------

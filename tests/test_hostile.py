@@ -115,6 +115,13 @@ def nifti(d, dims, gz=False, name="huge"):
     q = d / f"{name}.nii{'.gz' * gz}"; q.write_bytes(gzip.compress(bytes(b)) if gz else bytes(b)); return q
 
 
+def nifti_patched(d, at, data):
+    "A small valid NIfTI with the bytes at `at` replaced by `data`."
+    b = bytearray(write_image(d / "base.nii", np.zeros((4, 5, 6), np.int16)).read_bytes())
+    b[at:at + len(data)] = data
+    q = d / "patched.nii"; q.write_bytes(bytes(b)); return q
+
+
 def npy_header(d, shape, descr="'<f4'", data=b""):
     hd = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}"
     hd += " " * (-(len(hd) + 11) % 64) + "\n"
@@ -215,6 +222,36 @@ ROWS = [
     ("mhd-format-outside", lambda d: lambda: read_image(mhd(d, "../secret%d.raw 0 2 1")), InputError, [OUTSIDE]),
     ("mhd-list", lambda d: lambda: read_image(mhd(d, "LIST\nin.raw\nin.raw")), InputError,
      ["(one file per slice) is not supported"]),
+    # what ITK's parsers would read differently from the header checks (SimpleITK's opens are not audited)
+    ("nhdr-uppercase-data-file", lambda d: lambda: read_image(nhdr(d, "DATA FILE: ../outside/secret.raw")),
+     InputError, ["evil.nhdr", OUTSIDE]),
+    ("nhdr-carriage-return-hides-data-file", lambda d: lambda: read_image(nhdr(d, "content: x\rdata file: "
+                                                                                  "../outside/secret.raw")),
+     InputError, ["evil.nhdr", OUTSIDE]),
+    ("mhd-lowercase-key-hides-data-file", lambda d: lambda: read_image(mhd(d, "../outside/secret.raw",
+     "NDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\nelementdatafile = in.raw\n")), InputError,
+     ["evil.mhd", "must be spelled 'ElementDataFile'"]),
+    ("mhd-comment-eats-next-key", lambda d: lambda: read_image(mhd(d, "in.raw", "NDims = 2\nDimSize = 8 8\n"
+                                                                            "ElementType = MET_UCHAR\n# note\n")),
+     InputError, ["evil.mhd", "is not 'Key = Value'"]),
+    ("mhd-nul-in-key", lambda d: lambda: read_image(mhd(d, "in.raw", "NDims = 2\nDimSize = 8 8\n"
+                                                                 "ElementType = MET_UCHAR\nName\x00 = x\n")),
+     InputError, ["evil.mhd", "control byte"]),
+    ("mhd-ndims-255", lambda d: lambda: read_image(mhd(d, "in.raw", "NDims = 255\nDimSize = 8 8\n"
+                                                                "ElementType = MET_UCHAR\n")),
+     InputError, ["evil.mhd", "only 2D or 3D"]),
+    ("mha-compressed-without-size", lambda d: lambda: read_image((d / "c.mha").write_bytes(
+        b"NDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\nCompressedData = True\nElementDataFile = LOCAL\n"
+        + zlib.compress(bytes(64))) and d / "c.mha"), InputError, ["c.mha", "CompressedDataSize"]),
+    ("nifti-gz-next-to-its-nii", lambda d: lambda: read_image(nifti(d, (30000, 30000, 30000), name="twin") and
+                                                              write_image(d / "twin.nii.gz", np.zeros((4, 5, 6)))),
+     InputError, ["twin.nii.gz", "twin.nii lies next to it"]),
+    ("nifti-analyze-magic", lambda d: lambda: read_image(nifti_patched(d, 344, b"ni1\x00")), InputError,
+     ["patched.nii", "magic"]),
+    ("nifti-infinite-sform", lambda d: lambda: read_image(nifti_patched(d, 324, struct.pack("<f", math.inf))),
+     InputError, ["patched.nii", "NaN or infinite"]),
+    ("dicom-is-a-fifo", lambda d: lambda: read_image(os.mkfifo(d / "x.dcm") or d / "x.dcm"), InputError,
+     ["x.dcm", "not a regular file"]),
     # headers announcing enormous arrays
     ("nifti-30000^3", lambda d: lambda: read_image(nifti(d, (30000, 30000, 30000))), InputError,
      ["huge.nii", "30000 x 30000 x 30000 = 27,000,000,000,000 voxels", "MAX_VOXELS"]),
@@ -305,10 +342,10 @@ def test_compressed_bomb_is_not_decompressed_past_the_announced_size(d, fmt):
     if fmt == "nrrd-gzip":
         p = d / "bomb.nrrd"
         p.write_bytes(HEAD.replace("encoding: raw", "encoding: gzip").encode() + b"\n" + bomb)
-    else:
+    else:       # ITK's MetaIO needs CompressedDataSize (without it the stream is refused, see test_medical_io.py)
         p = d / "bomb.mha"
         p.write_bytes(b"NDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\nCompressedData = True\n"
-                      b"ElementDataFile = LOCAL\n" + bomb)
+                      b"CompressedDataSize = %d\nElementDataFile = LOCAL\n" % len(bomb) + bomb)
     before = _peak_mb()
     im = read_image(p)
     assert im.shape == (8, 8) and not im.array.any()

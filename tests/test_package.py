@@ -6,8 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # metrics and the static figures (viz) need only core and tps, so the estimators may use them (reports, figures)
-LAYERS = ["core", "tps", "io", "data", "phantoms", "shape", "nets", "train", "metrics", "viz", "estimator", "discovery",
-          "deepssm", "semisup", "widgets", "cli"]
+LAYERS = ["core", "tps", "io", "markups", "data", "phantoms", "shape", "nets", "train", "metrics", "viz", "estimator",
+          "discovery", "deepssm", "semisup", "widgets", "annotate", "niivue", "cli"]
 
 
 def test_core_imports_without_plotting_stack():

@@ -65,8 +65,8 @@ def test_round_trip(folders):
     assert (s["n_labelled"], s["n_unlabelled"], s["labels"]) == (6, 4, LABELS)
     assert len(s["rounds"]) == 1 and 0 <= s["rounds"][0]["frac_masked_landmarks"] <= 1
     assert json.loads((tmp / "out" / "summary.json").read_text()) == json.loads(json.dumps(s))
-    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["report.html", "semisup.pt", "summary.json",
-                                                               "unlabelled_landmarks.csv"]
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == [".results.json", "report.html", "semisup.pt",
+                                                               "summary.json", "unlabelled_landmarks.csv"]
     p = predict_folder(tmp / "out" / "semisup.pt", tmp / "unl", tmp / "pred", labelme=True)
     assert json.loads((tmp / "pred" / "summary.json").read_text()) == p and p["labels"] == LABELS
     names, pts = read_landmarks_csv(p["csv"])
@@ -222,3 +222,25 @@ def test_cli_train_and_predict(folders):
     assert (tmp / "pred" / "landmarks.csv").exists()
     r = run("train", "--labelled", tmp / "lab", "--labels", tmp / "nope", "--out", tmp / "x")
     assert r.returncode == 2 and "labels folder not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_protocol_options_softmax_heatmaps_and_older_checkpoints(arrays, tmp_path):
+    from shape_nb.semisup import PROTOCOLS
+    x, y, xu, xv, _ = arrays
+    bad = (("ral_on", "labelled"), ("loss_weighting", "mean"), ("schedule", "step"), ("normalisation", "max"),
+           ("aug_scale", 1.0), ("aug_noise", -0.1))
+    for k, v in bad:
+        with pytest.raises(InputError, match=k):
+            SemiSupervisedDetector(**{**FAST, k: v}).fit(x, y, unlabelled=xu)
+    soft = SemiSupervisedDetector(**FAST, normalisation="softmax").fit(x, y, unlabelled=xu)
+    h = soft.predict_heatmaps(xv)
+    assert soft.model_.activation is None and torch.allclose(h.sum((-2, -1)), torch.ones(2, 3))
+    back = SemiSupervisedDetector.load(soft.save(tmp_path / "s.pt"))
+    assert back.normalisation_ == "softmax" and torch.equal(back.predict(xv), soft.predict(xv))
+    # a checkpoint written before `normalisation` existed holds a sigmoid UNet: its heatmaps are used as they are
+    det = SemiSupervisedDetector(**FAST, **PROTOCOLS["restarts"]).fit(x, y, unlabelled=xu)
+    ck = torch.load(det.save(tmp_path / "d.pt"), weights_only=True)
+    del ck["extra"]["state"]["normalisation"]; del ck["config"]["normalisation"]
+    torch.save(ck, tmp_path / "old.pt")
+    old = SemiSupervisedDetector.load(tmp_path / "old.pt")
+    assert old.normalisation_ == "sum" and torch.equal(old.predict(xv), det.predict(xv))

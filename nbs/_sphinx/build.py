@@ -382,6 +382,14 @@ def write_if_changed(dst: Path, text: str) -> bool:
     return True
 
 
+def write_bytes_if_changed(dst: Path, data: bytes) -> bool:
+    "`write_if_changed` for binary files."
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and dst.read_bytes() == data: return False
+    dst.write_bytes(data)
+    return True
+
+
 def filter_toc(toc: str, srcdir: Path) -> str:
     "Drop toctree entries whose document does not exist (yet), e.g. a paper notebook still to be written."
     out, in_tree = [], False
@@ -564,6 +572,8 @@ def stage(out: Path) -> tuple[Path, dict]:
         entries[rel.with_suffix("").as_posix()] = found = []
         convert_notebook(nb, srcdir / rel, entries=found)
     for name, p in pages.items(): write_if_changed(srcdir / name, p.read_text())
+    for img in sorted((NBS / "images").glob("*")):   # pictures the notebooks show as images/NAME
+        if img.is_file(): write_bytes_if_changed(srcdir / "images" / img.name, img.read_bytes())
     write_if_changed(srcdir / "api" / "index.md", api_index(entries))
     if not (srcdir / "results.md").exists(): write_if_changed(srcdir / "results.md", results_page(Path("-"), {}))
     toc = filter_toc((HERE / "toc.md").read_text(), srcdir)
