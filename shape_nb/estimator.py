@@ -114,7 +114,9 @@ Estimator.load = classmethod(_load)
 
 # %% ../nbs/08_estimator.ipynb #bfbd673f
 STATE_DIR = ".train_state"   # inside the output folder while a run trains; removed when it finishes
-LOCK_FILE, INCOMING, MANIFEST = ".lock", ".incoming", ".results.json"   # see "One run at a time" below
+LOCK_FILE = ".lock"            # locked while a run writes into the folder (see "One run at a time" below)
+INCOMING = ".incoming"         # the results of a run before they are committed
+MANIFEST = ".results.json"     # the list of the committed results
 _OURS = {LOCK_FILE, INCOMING, MANIFEST}
 
 def prepare_out(out,                     # the output folder
