@@ -17,6 +17,7 @@ import numpy as np
 
 from .core import InputError, MissingFileError, index_to_mm, index_to_norm, mm_to_index, norm_to_index
 from .core import patch, to_numpy
+from .annotate import _check_names, _snap
 from .io import Image, file_stem, read_image, read_landmarks_csv, resize_image, write_landmarks_csv
 from .viz import _sets, _spacing, _volume, downsample_volume
 
@@ -424,19 +425,6 @@ def show(self: VolumeViewer3D, estimator,  # a fitted estimator: `predict(images
     return P, err
 
 # %% ../nbs/53_niivue.ipynb #eb2d9305
-_GRID = 1024.0     # positions are kept to 1/1024 voxel, a binary fraction
-
-def _snap(xyz) -> np.ndarray:
-    "Positions rounded to 1/1024 voxel (NaN stays NaN)."
-    return np.round(np.asarray(xyz, dtype=np.float64) * _GRID) / _GRID
-
-def _names(names) -> list[str]:
-    "The landmark names as distinct strings."
-    names = [str(s) for s in names]
-    if not names or len(set(names)) != len(names):
-        raise InputError(f"names: expected distinct landmark names, got {names}")
-    return names
-
 class VolumeAnnotator:
     "Place, move and correct named 3D landmarks on a volume, in Python or by clicking in NiiVue; saved as CSV."
     def __init__(self, volume,                  # (D, H, W) array, an `Image`, or an image file (NIfTI, NRRD, ...)
@@ -453,7 +441,7 @@ class VolumeAnnotator:
                 ):
         self.image_ = _as_volume(volume, spacing, origin, direction)
         self.image_name_ = str(image_name or (Path(self.image_.path).name if self.image_.path else "volume"))
-        self.names = _names(names)
+        self.names = _check_names(names)
         if autosave not in ("change", False, None):
             raise InputError(f"autosave must be 'change' or False, got {autosave!r}")
         self.points_ = np.full((len(self.names), 3), np.nan)           # voxel indices (x, y, z); NaN: not placed

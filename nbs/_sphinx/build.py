@@ -374,19 +374,12 @@ def md_cell(text: str) -> dict:
                       "metadata": {}, "source": text})
 
 
-def write_if_changed(dst: Path, text: str) -> bool:
-    "Write `text` unless the file already holds it (unchanged files keep their timestamps: Sphinx skips them)."
+def write_if_changed(dst: Path, data: str | bytes) -> bool:
+    "Write `data` unless the file already holds it (unchanged files keep their timestamps: Sphinx skips them)."
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() and dst.read_text() == text: return False
-    dst.write_text(text)
-    return True
-
-
-def write_bytes_if_changed(dst: Path, data: bytes) -> bool:
-    "`write_if_changed` for binary files."
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() and dst.read_bytes() == data: return False
-    dst.write_bytes(data)
+    raw = data.encode() if isinstance(data, str) else data
+    if dst.exists() and dst.read_bytes() == raw: return False
+    dst.write_bytes(raw)
     return True
 
 
@@ -573,7 +566,7 @@ def stage(out: Path) -> tuple[Path, dict]:
         convert_notebook(nb, srcdir / rel, entries=found)
     for name, p in pages.items(): write_if_changed(srcdir / name, p.read_text())
     for img in sorted((NBS / "images").glob("*")):   # pictures the notebooks show as images/NAME
-        if img.is_file(): write_bytes_if_changed(srcdir / "images" / img.name, img.read_bytes())
+        if img.is_file(): write_if_changed(srcdir / "images" / img.name, img.read_bytes())
     write_if_changed(srcdir / "api" / "index.md", api_index(entries))
     if not (srcdir / "results.md").exists(): write_if_changed(srcdir / "results.md", results_page(Path("-"), {}))
     toc = filter_toc((HERE / "toc.md").read_text(), srcdir)
