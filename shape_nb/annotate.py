@@ -23,7 +23,7 @@ from .io import _IMAGE_KINDS, _resolve, write_labelme, write_landmarks_csv
 from .widgets import _Viewer
 
 # %% auto #0
-__all__ = ['LandmarkAnnotator', 'detector_doubt']
+__all__ = ['LandmarkEdits', 'LandmarkAnnotator', 'detector_doubt']
 
 # %% ../nbs/52_annotate.ipynb #8bd96de4
 _GRID = 1024.0     # positions are kept to 1/1024 pixel: a binary fraction, so x + 0.5 - 0.5 == x exactly
@@ -91,8 +91,177 @@ def _predictions(estimator, images) -> np.ndarray:
                          f"normalised 2D landmarks")
     return lm
 
-# %% ../nbs/52_annotate.ipynb #1f6a2ad5
-class LandmarkAnnotator(_Viewer):
+# %% ../nbs/52_annotate.ipynb #ba277c18
+class LandmarkEdits:
+    "One image's named landmarks being edited: placed in order, selected, moved, deleted; undo and redo."
+    def __init__(self, names: Sequence[str],  # the K landmark names, in placing order
+                 points=None,                 # (K, 2) or (K, 3) positions, NaN: not placed (default: none placed, 2D)
+                 on_change=None,              # called (no argument) after every change, undo and redo
+                 unit: str = "pixels",        # the unit of the positions, for messages
+                ):
+        self.names = _check_names(names)
+        K = len(self.names)
+        P = np.full((K, 2), np.nan) if points is None else points
+        if not (isinstance(P, np.ndarray) and P.dtype == np.float64): P = np.array(to_numpy(P), dtype=np.float64)
+        if P.ndim != 2 or P.shape[0] != K or P.shape[1] not in (2, 3):
+            raise InputError(f"points: expected ({K}, 2) or ({K}, 3) positions, one per name, got shape {P.shape}")
+        self.points = P                  # edited in place: a float64 array passed in is the one changed
+        self.on_change, self.unit = on_change, unit
+        self.undo_stack, self.redo_stack = [], []     # positions before each change (last on top)
+        self.select()
+
+    @property
+    def placed(self) -> np.ndarray:
+        "(K,) True where the landmark is placed."
+        return ~np.isnan(self.points[:, 0])
+
+    def index_of(self, which) -> int:  # a landmark name or index
+        "Index of landmark `which`."
+        if isinstance(which, str):
+            if which not in self.names: raise InputError(f"no landmark named {which!r}; the names are {self.names}")
+            return self.names.index(which)
+        k = int(which)
+        if not 0 <= k < len(self.names): raise InputError(f"landmark index {k} out of range 0..{len(self.names) - 1}")
+        return k
+
+# %% ../nbs/52_annotate.ipynb #08809b28
+@patch
+def next_unplaced(self: LandmarkEdits, after: int = -1) -> int | None:  # look after this index (wrapping around)
+    "The first landmark after `after` not placed yet; None when all are."
+    miss = np.isnan(self.points[:, 0])
+    K = len(self.names)
+    todo = [k % K for k in range(after + 1, after + 1 + K) if miss[k % K]]
+    return todo[0] if todo else None
+
+@patch
+def _auto(self: LandmarkEdits, after: int = -1):
+    "Select the next landmark to place after `after` (not chosen)."
+    self.selected, self.explicit = self.next_unplaced(after), False
+
+@patch
+def select(self: LandmarkEdits, which=None) -> int | None:  # a landmark name or index; None: the next to place
+    "Choose the landmark `place` puts next (`explicit`: chosen, so moved); returns its index (None: all placed)."
+    if which is None: self._auto()
+    else: self.selected, self.explicit = self.index_of(which), True
+    return self.selected
+
+@patch
+def __repr__(self: LandmarkEdits) -> str:
+    k = self.selected
+    sel = "none" if k is None else f"{self.names[k]!r}" + (" (chosen)" if self.explicit else " (next to place)")
+    return (f"LandmarkEdits({len(self.names)} landmarks, {int(self.placed.sum())} placed, selected {sel}; "
+            f"{len(self.undo_stack)} to undo, {len(self.redo_stack)} to redo)")
+
+# %% ../nbs/52_annotate.ipynb #80cee861
+@patch
+def _set(self: LandmarkEdits, k: int, xy) -> bool:
+    "Landmark `k` := xy (NaN: removed), undoable; calls `on_change`. False: no change."
+    xy = np.asarray(xy, dtype=np.float64)
+    d = self.points.shape[1]
+    if xy.shape != (d,) or np.isinf(xy).any() or np.isnan(xy).any() != np.isnan(xy).all():
+        raise InputError(f"a position is {('two', 'three')[d - 2]} finite numbers ({', '.join('xyz'[:d])}) in "
+                         f"{self.unit}, got {xy.tolist()}")
+    old = self.points.copy()
+    self.points[k] = _snap(xy)
+    if np.array_equal(old, self.points, equal_nan=True): return False
+    self.undo_stack.append(old); self.redo_stack.clear()
+    if self.on_change is not None: self.on_change()
+    return True
+
+@patch
+def place(self: LandmarkEdits, xy) -> int:  # position (x, y[, z])
+    "Put the selected landmark (by default the next one not placed) at `xy`, then select the next one not placed."
+    k = self.selected
+    if k is None: raise InputError("every landmark is placed; select one (by name, or click near it) to move it")
+    self._set(k, xy)
+    self._auto(k)
+    return k
+
+@patch
+def move(self: LandmarkEdits, which, xy) -> int:  # landmark name or index; position (x, y[, z])
+    "Put landmark `which` at `xy` directly; returns its index."
+    k = self.index_of(which)
+    self._set(k, xy)
+    if not self.explicit or self.selected == k: self._auto(k)
+    return k
+
+@patch
+def delete(self: LandmarkEdits, which=None) -> int:  # landmark name or index; None: the chosen one
+    "Remove a placed landmark (it becomes the next to place); returns its index."
+    if which is None and not self.explicit: raise InputError("select the landmark to delete first")
+    k = self.selected if which is None else self.index_of(which)
+    if np.isnan(self.points[k, 0]): raise InputError(f"landmark {self.names[k]!r} is not placed")
+    self._set(k, np.full(self.points.shape[1], np.nan))
+    self.selected, self.explicit = k, False
+    return k
+
+# %% ../nbs/52_annotate.ipynb #bf17d502
+@patch
+def _swap(self: LandmarkEdits, src: list, dst: list) -> bool:
+    "Restore the last positions of `src` (the undo or redo list), keeping the present ones in `dst`."
+    if not src: return False
+    dst.append(self.points.copy())
+    self.points[:] = src.pop()
+    if self.on_change is not None: self.on_change()
+    self._auto()
+    return True
+
+@patch
+def undo(self: LandmarkEdits) -> bool:
+    "Take back the last change; False when there is none."
+    return self._swap(self.undo_stack, self.redo_stack)
+
+@patch
+def redo(self: LandmarkEdits) -> bool:
+    "Make the last undone change again; False when there is none."
+    return self._swap(self.redo_stack, self.undo_stack)
+
+# %% ../nbs/52_annotate.ipynb #598a720b
+@patch
+def near(self: LandmarkEdits, xy, radius: float) -> int | None:  # position; largest distance
+    "The placed landmark closest to `xy` if it is within `radius`; else None."
+    d = np.sqrt(((self.points - np.asarray(xy, dtype=np.float64)) ** 2).sum(1))
+    if np.isnan(d).all() or np.nanmin(d) > radius: return None
+    return int(np.nanargmin(d))
+
+@patch
+def click(self: LandmarkEdits, xy, radius: float) -> tuple:  # position; a placed landmark this close is selected
+    "A click at `xy`: select the landmark near it (unless one is chosen), else place; ('select'|'place'|'none', k)."
+    if not self.explicit and (k := self.near(xy, radius)) is not None: return "select", self.select(k)
+    if self.selected is None: return "none", None
+    return "place", self.place(xy)
+
+# %% ../nbs/52_annotate.ipynb #ea09d8d2
+class _Annotator:
+    "What the 2D and 3D annotators share: actions on `edits` (a `LandmarkEdits`), safe writes, widget plumbing."
+    selected = property(lambda self: self.edits.selected, doc="The landmark the next click places or moves (index).")
+
+    def _edit(self, f, *args):
+        "Run an action `f` of `edits`, redraw the widget; returns what `f` returned."
+        out = f(*args)
+        self._redraw()
+        return out
+
+    def _redraw(self):
+        "Bring the widget up to date, if it was built (`_refresh`)."
+        if self._ui is not None: self._refresh()
+
+    def _click(self, xy, shape) -> tuple:
+        "`LandmarkEdits.click` at `xy` with `pick_radius` (default 1.5% of the largest side of `shape`, at least 2)."
+        r = self.pick_radius if self.pick_radius is not None else max(2.0, 0.015 * max(shape))
+        what, k = self.edits.click(xy, r)
+        if what == "none": self.message = "every landmark is placed: click near one to select it, then where it belongs"
+        self._redraw()
+        return what, k
+
+    @property
+    def widget(self):
+        "The widget (built on first use)."
+        if self._ui is None: self._build()
+        return self._ui
+
+# %% ../nbs/52_annotate.ipynb #4dd38ae2
+class LandmarkAnnotator(_Annotator, _Viewer):
     "Place, move and correct named 2D landmarks image by image, in Python or by clicking; saved as LabelMe and CSV."
     def __init__(self, images,                  # 2D `Image`s (`shape_nb.io`), (H, W) arrays or an (n, [1,] H, W) array
                  names: Sequence[str],          # the K landmark names, in placing order
@@ -118,7 +287,8 @@ class LandmarkAnnotator(_Viewer):
         self.overwrite, self.pick_radius, self.max_size, self.height = overwrite, pick_radius, max_size, height
         self._owned, self._loaded = set(), set()       # files read or written; files read at the start
         self._stored, self._dirty = set(), set()       # images with a LabelMe file; images changed since saved
-        self._undo, self._redo = [[] for _ in range(n)], [[] for _ in range(n)]
+        self._image_edits = [LandmarkEdits(self.names, self.points_[i], functools.partial(self._touch, i))
+                             for i in range(n)]         # each image's own selection and history
         self._ui, self._busy, self.message = None, False, ""
         self._open(load)
         self._start(start)
@@ -196,39 +366,27 @@ def _start(self: LandmarkAnnotator, start):
         raise InputError(f"start: {lm.shape[1]} landmarks per image, but {len(self.names)} names")
     for i, p in zip(todo, lm): self.points_[i] = _snap(norm_to_index(p, self.images_[i].shape))
 
-# %% ../nbs/52_annotate.ipynb #d093db82
-@patch
-def _next_missing(self: LandmarkAnnotator, after: int = -1):
-    "The first landmark after `after` (wrapping around) not placed on the image shown; None when all are."
-    miss = np.isnan(self.points_[self.index, :, 0])
-    K = len(self.names)
-    todo = [k % K for k in range(after + 1, after + 1 + K) if miss[k % K]]
-    return todo[0] if todo else None
-
-@patch
-def _auto(self: LandmarkAnnotator, after: int = -1):
-    "Select the next landmark to place (no explicit selection)."
-    self.selected, self._explicit = self._next_missing(after), False
-
-@patch
-def _redraw(self: LandmarkAnnotator):
-    "Bring the widget up to date, if it was built (`_refresh`, below)."
-    if self._ui is not None: self._refresh()
-
+# %% ../nbs/52_annotate.ipynb #348d4ad1
 @patch
 def _enter(self: LandmarkAnnotator, pos: int):
     "Show the image at position `pos` of the visiting order."
     self.pos = int(pos)
-    self._auto()
+    self.edits.select()
     self._redraw()
 
 @patch
+def _touch(self: LandmarkAnnotator, i: int):
+    "Image `i` changed (or was accepted): save it now with autosave='change'."
+    self._dirty.add(i)
+    if self.autosave == "change" and self.labels_dir is not None: self.save()
+
+@patch
 def __repr__(self: LandmarkAnnotator) -> str:
-    placed = int((~np.isnan(self.positions[:, 0])).sum())
+    placed = int(self.edits.placed.sum())
     return (f"LandmarkAnnotator({len(self.images_)} images, {len(self.names)} landmarks; image {self.index} "
             f"{self.name!r}: {placed} placed, next: {None if self.selected is None else self.names[self.selected]})")
 
-# %% ../nbs/52_annotate.ipynb #d5bf8f53
+# %% ../nbs/52_annotate.ipynb #75a40430
 def _index(self) -> int:
     "Index (into `images_`) of the image shown."
     return int(self.order_[self.pos])
@@ -245,18 +403,24 @@ def _landmarks(self) -> np.ndarray:
     "(n, K, 2) normalised (x, y) landmarks of every image; NaN where not placed."
     return np.stack([index_to_norm(p, im.shape) for p, im in zip(self.points_, self.images_)])
 
-for _f in (_index, _name, _positions, _landmarks): setattr(LandmarkAnnotator, _f.__name__[1:], property(_f))
+def _edits(self) -> LandmarkEdits:
+    "The `LandmarkEdits` of the image shown: its positions, selection, undo and redo."
+    return self._image_edits[self.index]
 
-# %% ../nbs/52_annotate.ipynb #2a5abd52
+for _f in (_index, _name, _positions, _landmarks, _edits): setattr(LandmarkAnnotator, _f.__name__[1:], property(_f))
+
+# %% ../nbs/52_annotate.ipynb #f8342218
 @patch
-def _write(self: LandmarkAnnotator, path: Path, write) -> Path:
+def _write(self: _Annotator, path: Path, write) -> Path:
     "Write `path` by `write(temporary path)` and a rename; refuses a file it did not load or write (unless overwrite)."
     if path.exists() and path not in self._owned and not self.overwrite:
         raise InputError(f"{path} exists and was not loaded by this annotator, which leaves it as it is; pass "
                          f"overwrite=True to replace it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmpdir")   # a folder: the file in it has the name (and extension) of `path`
+    tmp.mkdir(exist_ok=True)
+    write(tmp / path.name)
+    os.replace(tmp / path.name, path)
+    tmp.rmdir()
     self._owned.add(path)
     return path
 
@@ -294,121 +458,44 @@ def save(self: LandmarkAnnotator) -> list:
     self._redraw()
     return out
 
-# %% ../nbs/52_annotate.ipynb #bdfdc8e9
-@patch
-def _k(self: LandmarkAnnotator, which) -> int:
-    "Index of landmark `which` (a name or an index)."
-    if isinstance(which, str):
-        if which not in self.names: raise InputError(f"no landmark named {which!r}; the names are {self.names}")
-        return self.names.index(which)
-    k = int(which)
-    if not 0 <= k < len(self.names): raise InputError(f"landmark index {k} out of range 0..{len(self.names) - 1}")
-    return k
-
-@patch
-def _set(self: LandmarkAnnotator, k: int, xy) -> bool:
-    "Landmark `k` of the image shown := xy (NaN: removed), undoable; marks the image changed. False: no change."
-    xy = np.asarray(xy, dtype=np.float64)
-    if xy.shape != (2,) or np.isinf(xy).any() or np.isnan(xy).any() != np.isnan(xy).all():
-        raise InputError(f"a position is two finite numbers (x, y) in pixels, got {xy.tolist()}")
-    i, old = self.index, self.points_[self.index].copy()
-    self.points_[i, k] = _snap(xy)
-    if np.array_equal(old, self.points_[i], equal_nan=True): return False
-    self._undo[i].append(old); self._redo[i].clear()
-    self._touch(i)
-    return True
-
-@patch
-def _touch(self: LandmarkAnnotator, i: int):
-    "Image `i` changed (or was accepted): save it now with autosave='change'."
-    self._dirty.add(i)
-    if self.autosave == "change" and self.labels_dir is not None: self.save()
-
-# %% ../nbs/52_annotate.ipynb #9fa8e637
+# %% ../nbs/52_annotate.ipynb #70e080d7
 @patch
 def select(self: LandmarkAnnotator, which=None) -> int | None:  # a landmark name or index; None: the next to place
     "Choose the landmark the next click places or moves; returns its index."
-    if which is None: self._auto()
-    else: self.selected, self._explicit = self._k(which), True
-    self._redraw()
-    return self.selected
+    return self._edit(self.edits.select, which)
 
 @patch
 def place(self: LandmarkAnnotator, x: float, y: float) -> int:  # pixel indices in the image shown
     "Put the selected landmark (by default the next one not placed) at (x, y); returns its index."
-    k = self.selected
-    if k is None: raise InputError("every landmark of this image is placed; select one (by name, or click near it) "
-                                   "to move it")
-    self._set(k, (x, y))
-    self._auto(k)
-    self._redraw()
-    return k
+    return self._edit(self.edits.place, (x, y))
 
-# %% ../nbs/52_annotate.ipynb #332b9287
-@patch
-def _near(self: LandmarkAnnotator, x: float, y: float) -> int | None:
-    "The placed landmark closest to (x, y) if it is within `pick_radius` pixels (default 1.5% of the image)."
-    P = self.points_[self.index]
-    d = np.sqrt(((P - [x, y]) ** 2).sum(1))
-    r = self.pick_radius if self.pick_radius is not None else max(2.0, 0.015 * max(self.images_[self.index].shape))
-    if np.isnan(d).all() or np.nanmin(d) > r: return None
-    return int(np.nanargmin(d))
-
+# %% ../nbs/52_annotate.ipynb #7a20f338
 @patch
 def click(self: LandmarkAnnotator, x: float, y: float) -> tuple:  # pixel indices in the image shown
     "A click on the image: select the landmark near it (unless one is selected to move), else `place`."
-    if not self._explicit and (k := self._near(x, y)) is not None:
-        self.select(k)
-        return "select", k
-    if self.selected is None:
-        self.message = "every landmark is placed: click near one to select it, then where it belongs"
-        self._redraw()
-        return "none", None
-    return "place", self.place(x, y)
+    return self._click((x, y), self.images_[self.index].shape)
 
-# %% ../nbs/52_annotate.ipynb #e67ff357
+# %% ../nbs/52_annotate.ipynb #b5df436f
 @patch
 def move(self: LandmarkAnnotator, which, x: float, y: float) -> int:  # landmark name or index; pixel indices
     "Put landmark `which` at (x, y) directly; returns its index."
-    k = self._k(which)
-    self._set(k, (x, y))
-    if not self._explicit or self.selected == k: self._auto(k)
-    self._redraw()
-    return k
+    return self._edit(self.edits.move, which, (x, y))
 
 @patch
 def delete(self: LandmarkAnnotator, which=None) -> int:  # landmark name or index; None: the selected one
     "Remove a placed landmark (it becomes the next to place); returns its index."
-    if which is None and not self._explicit: raise InputError("select the landmark to delete first")
-    k = self.selected if which is None else self._k(which)
-    if np.isnan(self.points_[self.index, k, 0]): raise InputError(f"landmark {self.names[k]!r} is not placed")
-    self._set(k, (np.nan, np.nan))
-    self.selected, self._explicit = k, False
-    self._redraw()
-    return k
+    return self._edit(self.edits.delete, which)
 
-# %% ../nbs/52_annotate.ipynb #b10fc201
-@patch
-def _swap(self: LandmarkAnnotator, src: list, dst: list) -> bool:
-    "Restore the last landmarks of `src` (the undo or redo list of each image), keeping the present ones in `dst`."
-    i = self.index
-    if not src[i]: return False
-    dst[i].append(self.points_[i].copy())
-    self.points_[i] = src[i].pop()
-    self._touch(i)
-    self._auto()
-    self._redraw()
-    return True
-
+# %% ../nbs/52_annotate.ipynb #fe272788
 @patch
 def undo(self: LandmarkAnnotator) -> bool:
     "Take back the last change on the image shown; False when there is none."
-    return self._swap(self._undo, self._redo)
+    return self._edit(self.edits.undo)
 
 @patch
 def redo(self: LandmarkAnnotator) -> bool:
     "Make the last undone change again; False when there is none."
-    return self._swap(self._redo, self._undo)
+    return self._edit(self.edits.redo)
 
 # %% ../nbs/52_annotate.ipynb #b88c5101
 @patch
@@ -544,7 +631,7 @@ def key(self: LandmarkAnnotator, key: str):  # a key name as the browser gives i
     if key == "Escape": return self.select(None)
     if key in _ACTIONS: return getattr(self, _ACTIONS[key])()
 
-# %% ../nbs/52_annotate.ipynb #47159c80
+# %% ../nbs/52_annotate.ipynb #4f4c1cf6
 @patch
 def _build(self: LandmarkAnnotator):
     "The buttons, the figure, the landmark list and the key listener; each one calls the Python API."
@@ -572,17 +659,13 @@ def _build(self: LandmarkAnnotator):
     self._shown = self.index
     self._redraw()
 
-def _widget(self):
-    "The widget (built on first use)."
-    if self._ui is None: self._build()
-    return self._ui
-
+@property
 def _figure_widget(self):
     "The plotly `FigureWidget` of the widget."
-    _widget(self)
+    self.widget
     return self._fig
 
-LandmarkAnnotator.widget, LandmarkAnnotator.figure = property(_widget), property(_figure_widget)
+LandmarkAnnotator.figure = _figure_widget
 
 # %% ../nbs/52_annotate.ipynb #16bfab6d
 @patch
@@ -613,7 +696,7 @@ def _draw_image(self: LandmarkAnnotator, fig):
     fig.layout.xaxis.range, fig.layout.yaxis.range = [-0.5, W - 0.5], [H - 0.5, -0.5]
     fig.layout.uirevision = self.index
 
-# %% ../nbs/52_annotate.ipynb #a085b2d6
+# %% ../nbs/52_annotate.ipynb #f6aca109
 @patch
 def _draw_points(self: LandmarkAnnotator, fig):
     "Put the placed landmarks (with their names) and the ring around the selected one into `fig`."
@@ -628,26 +711,27 @@ def _draw_points(self: LandmarkAnnotator, fig):
 def _status_html(self: LandmarkAnnotator) -> str:
     "The line above the image: which image, how many placed, what the next click does, saved or not."
     import html
-    i, k = self.index, self.selected
-    n_ok = int((~np.isnan(self.points_[i, :, 0])).sum())
+    i = self.index
     doubt = "" if self.doubt_ is None else f", doubt {self.doubt_[i]:.3g}"
-    if k is None: nxt = "click near a landmark to select it"
-    elif self._explicit: nxt = f"click where <b>{html.escape(self.names[k])}</b> belongs"
-    else: nxt = f"click to place <b>{html.escape(self.names[k])}</b>"
     saved = "not saved" if i in self._dirty or self.labels_dir is None else "saved" if i in self._stored else "no file"
-    return (f"<b>{html.escape(self.name)}</b> (image {self.pos + 1} of {len(self.images_)}{doubt}): {n_ok} of "
-            f"{len(self.names)} placed, {saved}. Next: {nxt}")
+    return (f"<b>{html.escape(self.name)}</b> (image {self.pos + 1} of {len(self.images_)}{doubt}): "
+            f"{int(self.edits.placed.sum())} of {len(self.names)} placed, {saved}. Next: {self._next_html()}")
 
-# %% ../nbs/52_annotate.ipynb #db6373d9
+# %% ../nbs/52_annotate.ipynb #e915de70
 @patch
-def _refresh(self: LandmarkAnnotator):
-    "Bring the widget up to date: the image (when another is shown), landmarks, list and status."
-    with self._fig.batch_update():
-        if self._shown != self.index: self._draw_image(self._fig); self._shown = self.index
-        self._draw_points(self._fig)
-    P = self.points_[self.index]
-    opts = [(f"{'●' if np.isfinite(p[0]) else '○'} {k + 1}. {n}" + (f"  ({p[0]:.1f}, {p[1]:.1f})"
-             if np.isfinite(p[0]) else ""), k) for k, (n, p) in enumerate(zip(self.names, P))]
+def _next_html(self: _Annotator) -> str:
+    "What the next click does, for the status line."
+    import html
+    k = self.selected
+    if k is None: return "click near a landmark to select it"
+    name = html.escape(self.names[k])
+    return f"click where <b>{name}</b> belongs" if self.edits.explicit else f"click to place <b>{name}</b>"
+
+@patch
+def _sync_list(self: _Annotator):
+    "The landmark list (placed ones with their position, the selected one picked), the status line, the message."
+    opts = [(f"{'●' if np.isfinite(p[0]) else '○'} {k + 1}. {n}" + ("  (" + ", ".join(f"{v:.1f}" for v in p) + ")"
+             if np.isfinite(p[0]) else ""), k) for k, (n, p) in enumerate(zip(self.names, self.edits.points))]
     self._busy = True
     try:
         if list(self.picker.options) != opts: self.picker.options = opts
@@ -658,12 +742,21 @@ def _refresh(self: LandmarkAnnotator):
     self.status.value = f"<span style='color:#b00'>{self.message}</span>" if self.message else ""
 
 @patch
-def _do(self: LandmarkAnnotator, f, *args):
+def _do(self: _Annotator, f, *args):
     "Run an action from the widget; a user error (`InputError`) is shown instead of raised."
     self.message = ""
     try: f(*args)
     except InputError as e: self.message = str(e)
     self._redraw()
+
+# %% ../nbs/52_annotate.ipynb #bc8f2bc8
+@patch
+def _refresh(self: LandmarkAnnotator):
+    "Bring the widget up to date: the image (when another is shown), landmarks, list and status."
+    with self._fig.batch_update():
+        if self._shown != self.index: self._draw_image(self._fig); self._shown = self.index
+        self._draw_points(self._fig)
+    self._sync_list()
 
 @patch
 def _on_click(self: LandmarkAnnotator, trace, points, state):

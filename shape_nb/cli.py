@@ -179,28 +179,34 @@ def _deepssm_predict(a):
 def _add_semisup(sub):
     ss = sub.add_parser("semisup", help="semi-supervised landmark detection (shape-regulated self-training)")
     ssub = ss.add_subparsers(dest="semisup_command", metavar="train|predict", required=True)
-    t = ssub.add_parser("train", help="train on labelled (LabelMe) + unlabelled image folders")
-    t.add_argument("--labelled", required=True, help="folder or glob of labelled 2D images")
+    t = ssub.add_parser("train", help="train on labelled (LabelMe, 3D Slicer markups, CSV) + unlabelled image folders")
+    t.add_argument("--labelled", required=True, help="folder or glob of labelled 2D or 3D images "
+                   "(PNG/TIFF/NIfTI/NRRD/MHA, or DICOM series folders)")
     t.add_argument("--labels", default=None,
-                   help="folder of LabelMe .json files named like the images (default: --labelled)")
+                   help="folder of landmark files named like the images: LabelMe .json (2D), 3D Slicer .mrk.json or "
+                        ".fcsv, or .csv of voxel indices (3D); or one .csv of all images (default: --labelled)")
     t.add_argument("--unlabelled", default=None, help="folder or glob of unlabelled images (needed for self-training)")
-    t.add_argument("--size", type=int, nargs=2, default=(192, 160), metavar=("H", "W"),
-                   help="training resolution (default 192 160)")
+    t.add_argument("--size", type=int, nargs="+", default=(192, 160), metavar="N",
+                   help="training resolution: H W (2D) or D H W (3D) (default 192 160)")
+    t.add_argument("--channels", type=int, nargs="+", default=None, metavar="N",
+                   help="widths of the UNet's levels (default 16 32 64 128; smaller for 3D on a CPU)")
     t.add_argument("--epochs-pretrain", type=int, default=None, help="pre-training epochs (default 60)")
     t.add_argument("--epochs-round", type=int, default=None, help="epochs per self-training round (default 10)")
     t.add_argument("--epochs-finetune", type=int, default=None, help="fine-tuning epochs (default 20)")
     t.add_argument("--rounds", type=int, default=3, help="self-training rounds (default 3)")
     t.add_argument("--supervised-only", action="store_true", help="the supervised baseline (no self-training)")
-    t.add_argument("--skip-bad-labels", action="store_true", help="skip LabelMe files with missing/duplicate labels")
+    t.add_argument("--skip-bad-labels", action="store_true",
+                   help="skip landmark files with missing/duplicate labels, NaN or points outside the image")
     t.add_argument("--pixel-size", type=float, nargs="+", default=None, metavar="MM",
-                   help="mm per pixel of the image files (one value, or x y) where the files carry none (PNG)")
+                   help="mm per pixel of the image files (one value, or x y [z]) where the files carry none (PNG)")
     t.add_argument("--z-threshold", type=float, default=None,
                    help="abnormal-landmark threshold Z in mm (pixels without a pixel size; default 2, the paper's)")
     _training_args(t, "semisup_out")
     t.set_defaults(func=_semisup_train)
     q = ssub.add_parser("predict", help="detect landmarks on a folder of images with a trained checkpoint")
     q.add_argument("checkpoint"); q.add_argument("images")
-    q.add_argument("--labelme", action="store_true", help="also write one LabelMe .json per image")
+    q.add_argument("--labelme", action="store_true", help="2D: also write one LabelMe .json per image")
+    q.add_argument("--markups", action="store_true", help="3D: also write one 3D Slicer .mrk.json per image (mm, LPS)")
     q.add_argument("--device", default="cpu"); q.add_argument("--out", default="semisup_pred")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=_semisup_predict)
@@ -211,13 +217,15 @@ def _semisup_train(a):
     epochs = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.supervised_only: epochs["self_training"] = False
     if a.z_threshold is not None: epochs["z_threshold"] = a.z_threshold
+    if a.channels is not None: epochs["channels"] = tuple(a.channels)
     return train_from_folder(a.labelled, a.labels, a.out, unlabelled=a.unlabelled, size=a.size, rounds=a.rounds,
                              on_bad_labels="skip" if a.skip_bad_labels else "error", pixel_size=a.pixel_size,
                              **epochs, **_common(a))
 
 def _semisup_predict(a):
     from shape_nb.semisup import predict_folder
-    r = predict_folder(a.checkpoint, a.images, a.out, labelme=a.labelme, device=a.device, overwrite=a.overwrite)
+    r = predict_folder(a.checkpoint, a.images, a.out, labelme=a.labelme, markups=a.markups, device=a.device,
+                       overwrite=a.overwrite)
     print(f"wrote {a.out}: " + ", ".join(sorted(p.name for p in Path(a.out).iterdir())))
     return r
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (InputError, MissingFileError, as_images, as_points, check_shape, get_device, mm_to_norm,
-                           norm_to_mm, patch, pixel_grid, seed_everything, to_numpy)
+from .core import (InputError, MissingFileError, _dir, as_images, as_points, check_shape, get_device,
+                           mm_to_norm, norm_to_mm, patch, pixel_grid, seed_everything, to_numpy)
 from .data import Whitener, load_femurs, mesh_bounds, split_indices, voxelize_mesh
 from .estimator import Estimator, output_folder, run_options
 from .io import file_stem, read_images, read_landmark_folder, read_landmarks_csv, stack_images, write_particles
@@ -219,43 +219,100 @@ def femur_dataset(n: int | None = None,       # subjects: the first n of a seede
                 labels=labels, bump_height=heights, bump_index=bump, spacing=tuple(sp.tolist()), origin=tuple(origin),
                 subjects=subjects)
 
-# %% ../nbs/20_deepssm.ipynb #d4a4853f
+# %% ../nbs/20_deepssm.ipynb #6f6ce08b
 class Augmented(NamedTuple):
     "Augmented image-shape pairs and what made them."
     images: object           # (m, C, *spatial) float32 tensor, or a read-only memory map of `images.npy`
-    points: np.ndarray       # (m, M, d) new correspondences, units of the input points
+    points: np.ndarray       # (m, M, d) new correspondences, units (and frame) of the input points
     scores: np.ndarray       # (m, L) their PCA scores
-    base_index: np.ndarray   # (m,) the real sample whose image was warped
+    base_index: np.ndarray   # (m,) the real sample whose image was warped (the new image has its geometry)
     residual: np.ndarray     # (m,) mean distance from the warped base correspondences to the new ones
     pca: object = None       # the `ShapePCA` of the real correspondences
     sampler: object = None   # the fitted score sampler
 
-def _per_image(v, n, d):
-    "(d,) or (n, d) spacing/origin values -> (n, d) float64."
-    return np.broadcast_to(np.asarray(v, dtype=np.float64), (n, d)).copy() if np.ndim(v) <= 1 \
-        else np.asarray(v, dtype=np.float64)
+class _Geometry(NamedTuple):
+    "Per-image geometry, (x, y[, z]) order: (n, d) spacing and origin, (n, d, d) direction (None: all axis-aligned)."
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray | None = None
 
-def _geometry(spacing, origin, n, d):
-    "Per-image (n, d) spacing and origin arrays, or (None, None) for normalised points."
+    @property
+    def axes(self) -> np.ndarray:
+        "(n, d, d) direction matrices, the identity included."
+        n, d = self.spacing.shape
+        return np.broadcast_to(np.eye(d), (n, d, d)) if self.direction is None else self.direction
+
+    def take(self, idx) -> _Geometry:
+        "The geometry of the images `idx`."
+        return _Geometry(self.spacing[idx], self.origin[idx], None if self.direction is None else self.direction[idx])
+
+    def row(self, i: int) -> dict:
+        "Image `i`'s spacing, origin and direction (None: identity): the keywords of `mm_to_norm`, `fit`, ..."
+        return dict(spacing=self.spacing[i], origin=self.origin[i],
+                    direction=None if self.direction is None else self.direction[i])
+
+    def same(self, other: _Geometry) -> np.ndarray:
+        "(n,) True where both geometries are exactly equal."
+        return ((self.spacing == other.spacing).all(1) & (self.origin == other.origin).all(1)
+                & (self.axes == other.axes).all((1, 2)))
+
+# %% ../nbs/20_deepssm.ipynb #e31d1756
+def _per_image(v, n, shape, name):
+    "One value for all images (`shape`) or one per image (n, *shape) -> (n, *shape) float64."
+    a = np.asarray(v, dtype=np.float64)
+    if a.ndim > len(shape): return a
+    try: return np.broadcast_to(a, (n, *shape)).copy()
+    except ValueError:
+        raise InputError(f"{name}: expected shape {shape} (all images) or {(n, *shape)} (per image), got {a.shape}") \
+            from None
+
+def _geometry(spacing, origin, n, d, direction=None):
+    "The checked per-image `_Geometry`, or None without spacing (normalised points)."
     if spacing is None:
-        if origin is not None:
-            raise InputError("origin was given without spacing; "
-                             "give both (points in mm) or neither (normalised points)")
-        return None, None
-    sp, org = _per_image(spacing, n, d), (np.zeros((n, d)) if origin is None else _per_image(origin, n, d))
+        given = [k for k, v in (("origin", origin), ("direction", direction)) if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} {'was' if len(given) == 1 else 'were'} given without spacing; "
+                             f"give spacing too (points in mm) or none of them (normalised points)")
+        return None
+    sp = _per_image(spacing, n, (d,), "spacing")
+    org = np.zeros((n, d)) if origin is None else _per_image(origin, n, (d,), "origin")
     check_shape(sp, "n d", "spacing", n=n, d=d); check_shape(org, "n d", "origin", n=n, d=d)
     if not (sp > 0).all(): raise InputError(f"spacing must be positive, got {sp[(sp <= 0).any(1)][0].tolist()}")
-    return sp, org
+    D = None if direction is None else _per_image(direction, n, (d, d), "direction")
+    if D is not None:
+        check_shape(D, "n d d", "direction", n=n, d=d)
+        _dir(D, org)                                   # singular or not finite: an InputError
+        if (D == np.eye(d)).all(): D = None            # all axis-aligned: the conversions skip the product
+    return _Geometry(sp, org, D)
 
-def _to_norm(P, S, sp, org):
-    "(B, M, d) points -> normalised coordinates, one geometry row per item (None: already normalised)."
-    if sp is None: return P
-    return np.stack([mm_to_norm(P[i], S, sp[i], org[i]) for i in range(len(P))])
+# %% ../nbs/20_deepssm.ipynb #499f22b0
+def _to_norm(P, S, geo):
+    "(B, M, d) physical points -> normalised coordinates, one geometry row per item (`geo` None: already normalised)."
+    if geo is None: return P
+    return np.stack([mm_to_norm(P[i], S, **geo.row(i)) for i in range(len(P))])
 
-def _from_norm(P, S, sp, org):
-    "Normalised (B, M, d) points -> the units of `sp`/`org`, one geometry row per item (None: stay normalised)."
-    if sp is None: return P
-    return np.stack([norm_to_mm(P[i], S, sp[i], org[i]) for i in range(len(P))])
+def _from_norm(P, S, geo):
+    "Normalised (B, M, d) points -> physical coordinates, one geometry row per item (`geo` None: stay normalised)."
+    if geo is None: return P
+    return np.stack([norm_to_mm(P[i], S, **geo.row(i)) for i in range(len(P))])
+
+_DIRECTION_TOL = 1e-4   # direction cosines this close count as one orientation (rounding in the file headers)
+
+def _reframe(P, S, images, frame, names, ref, back=False):
+    "Points in the physical frames of `images` -> those of `frame` (`back`: the other way), at the same voxels."
+    off = np.flatnonzero(np.abs(images.axes - frame.axes).max((1, 2)) > _DIRECTION_TOL)
+    if len(off):
+        raise InputError(f"{[names[i] for i in off[:5]]}: voxel axes (direction) "
+                         f"{np.round(images.axes[off[0]], 4).tolist()}, but {ref}: "
+                         f"{np.round(frame.axes[off[0]], 4).tolist()}; DeepSSM learns where the points lie in the "
+                         f"voxel arrays, so all images must store the anatomy in one orientation: resample them to one "
+                         f"direction first (e.g. SimpleITK's DICOMOrient)")
+    src, dst = (frame, images) if back else (images, frame)
+    k = np.flatnonzero(~src.same(dst))
+    if not len(k): return P                                          # one geometry: the points as given
+    out = np.array(P, dtype=np.float64)
+    out[k] = _from_norm(_to_norm(out[k], S, src.take(k)), S, dst.take(k))
+    return out
 
 # %% ../nbs/20_deepssm.ipynb #7ec52678
 def _sample_shapes(P, n, n_components, sampler, rng, noise="paper", base_image="sampler"):
@@ -273,15 +330,15 @@ def _sample_shapes(P, n, n_components, sampler, rng, noise="paper", base_image="
     else: base = cKDTree(B).query(scores)[1].astype(np.int64)   # the training shape nearest in score space
     return pca, sampler, scores, base
 
-def _warp_batch(x, P, Q, b, ctrl, S, sp, org, reg, field_shape, dev):
+def _warp_batch(x, P, Q, b, ctrl, S, geo, reg, field_shape, dev):
     "Warp the base images `x[b]` so that their control points `ctrl` move onto the new shapes `Q`; (images, residuals)."
-    geo = lambda A: _to_norm(A, S, None if sp is None else sp[b], None if org is None else org[b])
-    Pn, Qn = geo(P[b]), geo(Q)
+    geo = None if geo is None else geo.take(b)                        # each new shape in its base image's frame
+    Pn, Qn = _to_norm(P[b], S, geo), _to_norm(Q, S, geo)
     src, dst = torch.from_numpy(Pn[:, ctrl]), torch.from_numpy(Qn[:, ctrl])
     xb = x[torch.as_tensor(b)].to(dev, non_blocking=True)
     warped = tps_warp_image(xb, src.to(dev, x.dtype), dst.to(dev, x.dtype), reg=reg, field_shape=field_shape).cpu()
     carried = tps_apply(tps_fit(src, dst, reg=reg), torch.from_numpy(Pn)).numpy()     # forward map of the base points
-    carried = _from_norm(carried, S, None if sp is None else sp[b], None if org is None else org[b])
+    carried = _from_norm(carried, S, geo)
     return warped, np.linalg.norm(carried - Q, axis=-1).mean(1)
 
 # %% ../nbs/20_deepssm.ipynb #68d69671
@@ -290,6 +347,7 @@ def augment_pairs(images,                    # (N, 1, *spatial) real images
                   n: int,                    # number of new pairs
                   spacing=None,              # (d,) or (N, d) voxel size (x, y[, z]); None: points are normalised
                   origin=None,               # (d,) or (N, d) centre of voxel 0 (x, y[, z]); default zeros
+                  direction=None,            # (d, d) or (N, d, d) voxel axes as columns (physical); None: identity
                   n_components=None,         # PCA modes for sampling (None: all N - 1, as in the paper)
                   sampler=None,              # fitted on the scores; None: the paper's KDE with the `noise` bandwidth
                   noise: str = "radius",     # KDE per-mode std: 'paper' = mean NN distance, 'radius' = that / sqrt(L)
@@ -314,7 +372,7 @@ def augment_pairs(images,                    # (N, 1, *spatial) real images
     if noise not in ("paper", "radius"): raise InputError(f"noise must be 'paper' or 'radius', got {noise!r}")
     if base_image not in ("sampler", "nearest"):
         raise InputError(f"base_image must be 'sampler' or 'nearest', got {base_image!r}")
-    sp, org = _geometry(spacing, origin, N, d)
+    geo = _geometry(spacing, origin, N, d, direction)
     dev = get_device(device)
     rng = np.random.default_rng(random_state)
     pca, sampler, scores, base = _sample_shapes(P, n, n_components, sampler, rng, noise, base_image)
@@ -334,7 +392,7 @@ def augment_pairs(images,                    # (N, 1, *spatial) real images
     for s in range(0, n, batch_size):
         b = base[s:s + batch_size]
         Qb = Q[s:s + batch_size]
-        warped, residual[s:s + len(b)] = _warp_batch(x, P, Qb, b, ctrl, S, sp, org, reg, field_shape, dev)
+        warped, residual[s:s + len(b)] = _warp_batch(x, P, Qb, b, ctrl, S, geo, reg, field_shape, dev)
         store[s:s + len(b)] = warped.numpy() if out_dir is not None else warped
         if bar is not None: bar.update(len(b))
     if bar is not None: bar.close()
@@ -543,12 +601,15 @@ def _matching_pairs(pairs, x, P, name):
     return xs, Ps
 
 @patch
-def _prepare(self: DeepSSM, images, landmarks, validation, spacing, origin, extra):
-    "Checked inputs of `fit`: images, landmarks, geometry, training indices, validation and extra pairs."
+def _prepare(self: DeepSSM, images, landmarks, validation=None, extra=None, spacing=None, origin=None, direction=None):
+    "Checked inputs of `fit`: images, landmarks (in the first image's frame), its geometry, training indices, pairs."
     x = as_images(images)
     n, d = len(x), x.ndim - 2
     P = as_points(landmarks, "landmarks", n=n, d=d)
-    sp, org = _geometry(spacing, origin, n, d)
+    geo = _geometry(spacing, origin, n, d, direction)
+    if geo is not None:                                  # one frame for all landmarks: the first image's
+        frame = geo.take(np.zeros(n, dtype=np.int64))
+        P, geo = _reframe(P, tuple(x.shape[2:]), geo, frame, [f"image {i}" for i in range(n)], "image 0"), frame
     if validation is not None:
         xv, Pv = _matching_pairs(validation, x, P, "validation")
         tr = np.arange(n)
@@ -559,16 +620,16 @@ def _prepare(self: DeepSSM, images, landmarks, validation, spacing, origin, extr
         tr, xv, Pv = np.arange(n), None, None
     if len(tr) < 2: raise InputError(f"DeepSSM needs at least 2 training pairs (a shape model), got {len(tr)}")
     ex = None if extra is None else _matching_pairs(extra, x, P, "extra")
-    return x, P, sp, org, tr, (xv, Pv), ex
+    return x, P, geo, tr, (xv, Pv), ex
 
 # %% ../nbs/20_deepssm.ipynb #cd5f71f0
 @patch
-def _augment(self: DeepSSM, xt, Pt, sp, org, tr, dev):
-    "The real training pairs plus `n_augment` augmented ones (`augment_pairs`); sets `augmentation_`."
+def _augment(self: DeepSSM, xt, Pt, dev):
+    "The real training pairs plus `n_augment` augmented ones (`augment_pairs`, in `frame_`); sets `augmentation_`."
     self.augmentation_ = None
     if not self.n_augment: return xt, Pt
-    aug = augment_pairs(xt, Pt, self.n_augment, None if sp is None else sp[tr], None if org is None else org[tr],
-                        random_state=self.random_state, progress=self.progress,
+    aug = augment_pairs(xt, Pt, self.n_augment, **(self.frame_ or {}), random_state=self.random_state,
+                        progress=self.progress,
                         **{"device": dev, **(self.augment_kw or {})})
     self.augmentation_ = dict(n=self.n_augment, bandwidth=float(getattr(aug.sampler, "bandwidth_", float("nan"))),
                               residual_mean=float(aug.residual.mean()), n_modes=int(aug.pca.n_components_))
@@ -594,13 +655,15 @@ def fit(self: DeepSSM,
         landmarks,        # (n, M, d) their correspondences
         *,
         validation=None,  # (images, landmarks) validation pairs; None: a `val_fraction` split of the given pairs
-        spacing=None,     # (d,) or (n, d): only for augmentation, when the landmarks are physical coordinates
-        origin=None,      # (d,) or (n, d): likewise
+        spacing=None,     # (d,) or (n, d) voxel size (x, y[, z]) when the landmarks are physical coordinates
+        origin=None,      # (d,) or (n, d) centre of voxel 0; default zeros
+        direction=None,   # (d, d) or (n, d, d) voxel axes in physical space (columns); None: identity
         extra=None,       # (images, landmarks): more training pairs (e.g. an `augment_pairs` set), training only
        ):
     "Train the model (augmenting the training pairs first when `n_augment > 0`); returns self."
     self._check_params()
-    x, P, sp, org, tr, (xv, Pv), ex = self._prepare(images, landmarks, validation, spacing, origin, extra)
+    x, P, geo, tr, (xv, Pv), ex = self._prepare(images, landmarks, validation, extra, spacing, origin, direction)
+    self.frame_ = None if geo is None else {k: None if v is None else v.tolist() for k, v in geo.row(0).items()}
     dev = train_device(self.device, self.train_options)
     seed_everything(self.random_state)
     xt, Pt = x[torch.as_tensor(tr)], P[tr]
@@ -609,7 +672,7 @@ def fit(self: DeepSSM,
     self.mean_shape_ = Pt.mean(0)
     self.focal_c_ = focal_threshold(Pt, self.focal_q, self.focal_per) if self.focal else None
     self.latent_c_, self.pca_ = None, None
-    xa, Pa = self._augment(xt, Pt, sp, org, tr, dev)
+    xa, Pa = self._augment(xt, Pt, dev)
     if ex is not None: xa, Pa = torch.cat([xa, ex[0].to(xa.dtype)]), np.concatenate([Pa, ex[1]])
     X, Y, Xv, Yv = self._to_device(xa, Pa, xv, Pv, dev)
     if self.kind == "base": self._fit_base(X, Y, Xv, Yv, Pt)
@@ -661,7 +724,7 @@ def _run(self: DeepSSM, images, batch_size):
 def predict(self: DeepSSM,
             images,                   # (n, 1, *spatial)
             batch_size: int = 16,     # images per forward pass
-           ) -> torch.Tensor:         # (n, M, d) float32, units of the training landmarks
+           ) -> torch.Tensor:         # (n, M, d) float32, units and frame of the training landmarks (`frame_`)
     "Correspondences (the landmarks) predicted from images."
     return self._run(images, batch_size)[1]
 
@@ -789,11 +852,12 @@ def swim(self: DeepSSM,
 # %% ../nbs/20_deepssm.ipynb #04d15f95
 @patch
 def _get_state(self: DeepSSM) -> dict:
-    "Everything learned besides the weights: whitening, sizes, mean shape, focal thresholds, PCA, augmentation."
+    "Everything learned besides the weights: whitening, sizes, mean shape, focal thresholds, PCA, augmentation, frame."
     return dict(whitener=self.whitener_.state_dict(), image_shape=list(self.image_shape_),
                 n_landmarks=self.n_landmarks_, d=self.d_, mean_shape=self.mean_shape_, focal_c=self.focal_c_,
                 latent_c=self.latent_c_, pca=None if self.pca_ is None else self.pca_.state_dict(),
-                augmentation=self.augmentation_, images_on_device=self.images_on_device_, fc_norm=self.fc_norm)
+                augmentation=self.augmentation_, images_on_device=self.images_on_device_, fc_norm=self.fc_norm,
+                frame=self.frame_)
 
 @patch
 def _set_state(self: DeepSSM, state: dict, weights: dict, device: torch.device):
@@ -806,6 +870,7 @@ def _set_state(self: DeepSSM, state: dict, weights: dict, device: torch.device):
     self.whitener_ = Whitener.from_state_dict(state["whitener"])
     self.pca_ = None if state["pca"] is None else ShapePCA.from_state_dict(state["pca"])
     if "fc_norm" not in state: self.fc_norm = False    # a checkpoint from before the option: no FC batch norm
+    self.frame_ = state.get("frame")                   # None in a checkpoint from before: points as the network gives
     kw = self._enc_kw(self.image_shape_[1:])
     if self.kind == "base":
         self.model_ = BaseDeepSSM(self.pca_.components_, self.pca_.mean_, self.pca_.std_, self.d_, **kw)
@@ -825,9 +890,13 @@ def read_points(source,  # folder / glob / list of .particles (.pts, LabelMe .js
     P, files, _ = read_landmark_folder(source)
     return [file_stem(f) for f in files], P
 
+def _names(images) -> list[str]:
+    "The file stems of `shape_nb.io.Image`s (their index where there is no file)."
+    return [file_stem(im.path) if im.path else str(i) for i, im in enumerate(images)]
+
 def _pair(images, names, P, what="landmarks"):
     "Landmark sets matched to images by name when the names overlap (then exactly one each), else by order."
-    stems = [file_stem(im.path) if im.path else str(i) for i, im in enumerate(images)]
+    stems = _names(images)
     if set(names) & set(stems):    # the names are meant to match the images
         dup = sorted({s for s in names if names.count(s) > 1})
         if dup:
@@ -853,6 +922,17 @@ def _read_pairs(images, landmarks, resize, what):
     ims = read_images(images, resize)
     names, P = read_points(landmarks)
     return ims, stack_images(ims), _pair(ims, names, P, what)
+
+# %% ../nbs/20_deepssm.ipynb #8c7675d9
+def _image_geometry(images) -> _Geometry:
+    "The `_Geometry` of `shape_nb.io.Image`s."
+    return _geometry(np.array([im.spacing for im in images]), np.array([im.origin for im in images]), len(images),
+                     images[0].ndim, np.stack([im.direction for im in images]))
+
+def _into_frame(images, P, frame: dict, ref: str, back: bool = False):
+    "Points in the physical frames of `images` -> the model's frame (a `DeepSSM.frame_`); `back`: the other way."
+    to = _geometry(n=len(images), d=images[0].ndim, **frame)
+    return _reframe(P, images[0].shape, _image_geometry(images), to, _names(images), ref, back)
 
 # %% ../nbs/20_deepssm.ipynb #7606cd99
 def _train_summary(est: DeepSSM, n_images: int, n_val: int, checkpoint) -> dict:
@@ -881,15 +961,17 @@ def train_from_folder(images,                      # training images: folder, gl
     if (validation_images is None) != (validation_landmarks is None):
         raise InputError("give both validation_images and validation_landmarks, or neither")
     ims, x, P = _read_pairs(images, landmarks, resize, "landmarks")
+    frame, first = _image_geometry(ims[:1]).row(0), f"the first training image ({_names(ims)[0]})"
+    P = _into_frame(ims, P, frame, first)              # the model's frame: the first image's
     validation = None
     if validation_images is not None:
-        validation = _read_pairs(validation_images, validation_landmarks, resize or ims[0].shape,
-                                 "validation landmarks")[1:]
+        vims, xv, Pv = _read_pairs(validation_images, validation_landmarks, resize or ims[0].shape,
+                                   "validation landmarks")
+        validation = (xv, _into_frame(vims, Pv, frame, first))
     with output_folder(out, overwrite, resume) as o:
         out, res = o.out, o.staging   # results are written to `res`, then committed to `out` together
         est = DeepSSM(**params, train_options=run_options(out, resume, train_options))
-        est.fit(x, P, validation=validation, spacing=np.array([im.spacing for im in ims]),
-                origin=np.array([im.origin for im in ims]))
+        est.fit(x, P, validation=validation, **frame)
         est.set_params(train_options=train_options)  # the checkpoint keeps the user's settings, not this run's state
         est.summary_ = None
         if dist_info()[0] != 0: return est                # under torchrun only rank 0 writes the results
@@ -905,7 +987,7 @@ def train_from_folder(images,                      # training images: folder, gl
 # %% ../nbs/20_deepssm.ipynb #0ec9754b
 def _eval_set(est: DeepSSM, x, P, validation):
     "The pairs the report measures: the validation pairs of the fit, else the training pairs; and their name."
-    _, _, _, _, tr, (xv, Pv), _ = est._prepare(x, P, validation, None, None, None)
+    _, _, _, tr, (xv, Pv), _ = est._prepare(x, P, validation)
     if xv is not None: return xv, Pv, "validation"
     return (x, P, "training") if len(tr) == len(x) else (x[torch.as_tensor(tr)], P[tr], "training")
 
@@ -979,26 +1061,27 @@ def predict_folder(checkpoint,                 # a `DeepSSM.save` / `train_from_
     if ims[0].shape != trained:
         raise InputError(f"the images have shape {ims[0].shape} but the model was trained on {trained}; "
                          f"pass resize={trained} (or images of the training size)")
+    Pm = to_numpy(est.predict(stack_images(ims), batch_size))            # in the model's frame
+    P = Pm if est.frame_ is None else _into_frame(ims, Pm, est.frame_, "the model's training images", back=True)
+    dist = correspondence_rmse(Pm, np.broadcast_to(est.mean_shape_, Pm.shape), kind="euclidean")  # (n,) RMS distance
+    names = _names(ims)
     with output_folder(out, overwrite) as o:
         out, res = o.out, o.staging   # results are written to `res`, then committed to `out` together
-        P = to_numpy(est.predict(stack_images(ims), batch_size))
-        names = [file_stem(im.path) for im in ims]
         particles = [str(o.final(write_particles(res / f"{s}.particles", p)))
                      for s, p in zip(names, P)] if P.shape[2] == 3 else []
         summary = dict(checkpoint=str(checkpoint), n_images=len(ims), n_landmarks=P.shape[1], image_shape=list(trained),
                        names=names, csv=str(o.final(_write_points_csv(res / "landmarks.csv", names, P))),
                        particles=particles)
         (res / "summary.json").write_text(json.dumps(summary, indent=1))
-        _write_predict_report(est, ims, P, names, res, summary)
+        _write_predict_report(est, ims, P, dist, names, res, summary)
         o.commit()
         return {**summary, "points": P}
 
 # %% ../nbs/20_deepssm.ipynb #c493fc18
-def _write_predict_report(est: DeepSSM, ims, P, names, out: Path, summary: dict, max_report: int = 4) -> Path:
-    "report.html of a prediction run: summary table, distances to the mean shape, the first predictions."
-    dist = correspondence_rmse(P, np.broadcast_to(est.mean_shape_, P.shape), kind="euclidean")  # (n,) RMS distance
+def _write_predict_report(est: DeepSSM, ims, P, dist, names, out: Path, summary: dict, max_report: int = 4) -> Path:
+    "report.html of a prediction run: summary table, distances `dist` to the mean shape, the first predictions."
     m, d = min(max_report, len(ims)), P.shape[2]
-    norm = [mm_to_norm(P[i], ims[i].shape, ims[i].spacing, ims[i].origin) for i in range(m)]
+    norm = _to_norm(P[:m], ims[0].shape, _image_geometry(ims[:m]))             # drawn over the voxels
     table = summary_table({
         "data": {"images": len(ims), "size": " x ".join(map(str, summary["image_shape"])), "dimension": f"{d}D",
                  "correspondences": P.shape[1]},
@@ -1008,7 +1091,7 @@ def _write_predict_report(est: DeepSSM, ims, P, names, out: Path, summary: dict,
                     "RMS point distance to the mean shape, largest": float(dist.max()),
                     "farthest from the mean shape": names[int(dist.argmax())]}})
     rows = [dict(image=names[i], rms_point_distance_to_mean_shape=float(dist[i])) for i in np.argsort(-dist)]
-    if d == 2: figs = [image_figure(np.stack([im.array for im in ims[:m]]), {"predicted": np.stack(norm)},
+    if d == 2: figs = [image_figure(np.stack([im.array for im in ims[:m]]), {"predicted": norm},
                                     titles=names[:m])]
     else: figs = [slices_figure(ims[0].array, {"predicted": norm[0]}, spacing=ims[0].spacing, max_size=64),
                   point_sets_figure({names[i]: P[i] for i in range(m)})]

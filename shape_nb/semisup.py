@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -22,15 +23,17 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .core import InputError, MissingFileError, as_images, as_points, check_shape, index_to_norm
 from .core import norm_to_index, patch, pixel_grid, seed_everything, to_numpy
-from .io import check_landmarks, file_stem, read_image, read_images, read_labelme, stack_images
-from .io import write_labelme, write_landmarks_csv
+from .io import Image, _image_sources, check_landmarks, file_stem, read_image, read_images, read_labelme
+from .io import read_landmarks_csv, stack_images, write_labelme, write_landmarks_csv
+from .markups import MARKUPS_EXTENSIONS, markups_to_index, norm_to_markups, read_markups, write_markups
 from .data import Whitener
 from .shape import ShapePCA, apply_similarity, invert_similarity
 from .nets import UNet
 from .train import History, load_train_state, load_weights, train_config, train_device
 from .train import fit as fit_model
 from .estimator import Estimator, output_folder, run_options
-from .viz import image_figure, records_table, report_section, summary_table, training_curves, write_report
+from .viz import image_figure, records_table, report_section, slices_figure, summary_table, training_curves
+from .viz import write_report
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'PROTOCOLS', 'integral_coordinates', 'coordinate_l1', 'sample_radius', 'region_attention_loss',
@@ -606,47 +609,137 @@ def _set_state(self: SemiSupervisedDetector, state: dict, weights: dict, device:
     self.rounds_, self.landmark_names_ = state["rounds"], state["landmark_names"]
     if state["unlabelled_mre"] is not None: self.unlabelled_mre_ = state["unlabelled_mre"]
 
-# %% ../nbs/30_semisup.ipynb #796821f2
-def _read_set(source, size, what):
-    "Images resized to `size` and their original shapes."
+# %% ../nbs/30_semisup.ipynb #71beb2d2
+_SIZE = {2: "(H, W)", 3: "(D, H, W)"}
+
+def _geometry(im: Image) -> Image:
+    "The geometry of an image (shape, spacing, origin, direction, path) without its voxels."
+    return Image(np.broadcast_to(np.float32(0), im.shape), im.spacing, im.origin, im.path, im.direction)
+
+def _read_set(source,              # folder, glob pattern or list of images
+              size,                # (H, W) or (D, H, W) to resize them to
+              what: str,           # what the images are, for the messages
+              why: str | None = None,  # what asks for len(size)-D images, for the message; None: `size` itself
+             ) -> tuple:           # (images resized to `size`, the geometry of their files)
+    "Images resized to `size`, and the geometry of their files (`_geometry`) to map landmarks to and from."
+    d = read_image(_image_sources(source)[0][0]).ndim
+    if d != len(size) and why is None:
+        raise InputError(f"size must be {_SIZE[d]} for the {d}D {what} in {source}, got {tuple(size)} (command line: "
+                         f"--size {_SIZE[d][1:-1].replace(',', '')})")
+    if d != len(size): raise InputError(f"{what}: the images in {source} are {d}D but {why}")
     ims = read_images(source, resize=size)
-    if ims[0].ndim != 2:
-        raise InputError(f"{what}: LabelMe landmarks are 2D but the images in {source} are {ims[0].ndim}D")
     for im in ims:   # each image is standardised by its own std: a constant one cannot be
         if im.array.max() == im.array.min():
             raise InputError(f"{im.path}: the image is constant (every pixel is {float(im.array.flat[0])}), so its std "
                              f"is 0 and it cannot be standardised; check the file, or leave it out")
-    return ims, [read_image(im.path).shape for im in ims]
+    return ims, [_geometry(read_image(im.path)) for im in ims]
 
-def _label_order(files):
-    "The most common list of point labels among LabelMe files (the intended landmark set)."
+# %% ../nbs/30_semisup.ipynb #00b5c3ca
+_LABEL_FILES = {2: (".json",), 3: (".mrk.json", ".fcsv", ".csv")}   # an image's landmark file: <stem> + one of these
+_LABEL_KIND = {2: "LabelMe", 3: "landmark"}
+_EXPECTED = {2: "<image stem>.json", 3: "<image stem>.mrk.json or .fcsv (3D Slicer markups, mm) or <image stem>.csv "
+                                        "(voxel indices)"}
+_OTHER_DIM = {2: ((".mrk.json", ".fcsv"), "3D Slicer markups hold 3D points; 2D images need LabelMe .json files"),
+              3: ((".json",), "LabelMe .json files hold 2D points; 3D images need 3D Slicer markups or CSV files")}
+
+class _Points(NamedTuple):
+    "Where one image's landmarks are: a file of its own, or its rows of one CSV file of all images (read already)."
+    path: Path                      # the landmark file
+    where: str                      # how messages name it
+    rows: np.ndarray | None = None  # (K, d) voxel indices from a CSV of several images; None: read `path`
+
+def _csv_rows(path: Path, stems, alone: bool = False) -> list:
+    "The `_Points` of each stem in a CSV of voxel indices (names matched by stem); `alone`: a one-image CSV is its."
+    names, P = read_landmarks_csv(path)
+    if alone and len(P) == 1: return [_Points(path, str(path), P[0])]
+    keys = [file_stem(n) for n in names]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise InputError(f"{path}: image(s) {dup[:5]} have rows under several names; give each image's landmarks once")
+    missing = [s for s in stems if s not in keys]
+    if missing:
+        raise InputError(f"{path} has no landmarks of {len(missing)} labelled image(s): {missing[:5]}; add their rows "
+                         f"(image, k, x_index, y_index[, z_index]) or leave those images out")
+    return [_Points(path, f"{path} (image {s})", P[keys.index(s)]) for s in stems]
+
+def _label_files(ims, ldir: Path) -> list:
+    "Each image's `_Points`: <stem>.json (LabelMe, 2D) or <stem>.mrk.json/.fcsv/.csv (3D) in folder `ldir`, or CSV."
+    stems, d = [file_stem(im.path) for im in ims], ims[0].ndim
+    if ldir.is_file(): return _csv_rows(ldir, stems)
+    found = [[ldir / (s + e) for e in _LABEL_FILES[d] if (ldir / (s + e)).is_file()] for s in stems]
+    many = [", ".join(f.name for f in fs) for fs in found if len(fs) > 1]
+    if many: raise InputError(f"{ldir}: {len(many)} image(s) have several landmark files ({'; '.join(many[:3])}); "
+                              f"keep one file per image")
+    missing = [s + _LABEL_FILES[d][0] for s, fs in zip(stems, found) if not fs]
+    if missing:
+        other = [s + e for s, fs in zip(stems, found) for e in _OTHER_DIM[d][0] if not fs and (ldir / (s + e)).exists()]
+        raise MissingFileError(f"{len(missing)} labelled image(s) have no {_LABEL_KIND[d]} file in {ldir}: "
+                               f"{missing[:5]}{' ...' if len(missing) > 5 else ''} (expected {_EXPECTED[d]})"
+                               + (f"; found {other[:3]}: {_OTHER_DIM[d][1]}" if other else ""))
+    return [_Points(fs[0], str(fs[0])) for fs in found]
+
+# %% ../nbs/30_semisup.ipynb #ec85925f
+def _pick(P, names, labels, where: str) -> tuple:
+    "The points named `labels`, in that order, each named exactly once in `names`; else an InputError naming `where`."
+    if labels is None: return P, list(names)
+    labels, count = [str(l) for l in labels], Counter(names)
+    if len(set(labels)) != len(labels):
+        raise InputError(f"labels lists {sorted(l for l, c in Counter(labels).items() if c > 1)} more than once")
+    missing = ", ".join(repr(l) for l in labels if count[l] == 0)
+    twice = ", ".join(f"{l!r} ({count[l]} times)" for l in labels if count[l] > 1)
+    if missing or twice:
+        found = "; ".join(m for m in (missing and f"missing label(s) {missing}",
+                                      twice and f"duplicate label(s) {twice}") if m)
+        raise InputError(f"{where}: {found} among its {len(names)} points; fix the annotation or leave the file out")
+    return P[[names.index(l) for l in labels]], labels
+
+def _read_points(src: _Points,     # where the landmarks are (`_label_files`)
+                 image: Image,     # the geometry of the image file they belong to (`_geometry`)
+                 labels=None,      # the labels to return, in order; None: all, as in the file
+                ) -> tuple:        # ((K, d) voxel indices of `image`, the K labels)
+    "An image's landmarks as voxel indices of its file: LabelMe pixels, markups mm through its geometry, CSV indices."
+    name = src.path.name.lower()
+    if src.rows is None and not name.endswith(MARKUPS_EXTENSIONS + (".csv",)): return read_labelme(src.path, labels)
+    if src.rows is None and name.endswith(MARKUPS_EXTENSIONS):
+        m = read_markups(src.path)                       # LPS mm, whatever the file's system
+        P, names = markups_to_index(m.points, image), m.names
+    else:
+        P = src.rows if src.rows is not None else _csv_rows(src.path, [file_stem(image.path)], alone=True)[0].rows
+        names = [str(k) for k in range(len(P))]          # a CSV names its landmarks by their number k
+    P, names = _pick(P, names, labels, src.where)
+    bad = [names[k] for k in np.flatnonzero(~np.isfinite(P).all(-1))]
+    if bad: raise InputError(f"{src.where}: landmark(s) {bad[:5]} have NaN or Inf coordinates (not placed?); place "
+                             f"them, or leave the file out")
+    return P, names
+
+# %% ../nbs/30_semisup.ipynb #57ee8e93
+def _label_order(sources, images) -> list:
+    "The most common list of point labels among the landmark files (the intended landmark set)."
     counts = {}
-    for f in files:
-        try: counts.setdefault(tuple(read_labelme(f)[1]), []).append(f)
+    for s, im in zip(sources, images):
+        try: counts.setdefault(tuple(_read_points(s, im)[1]), []).append(s)
         except ValueError: continue
-    if not counts: raise InputError(f"none of the {len(files)} LabelMe files could be read")
+    if not counts: raise InputError(f"none of the {len(sources)} {_LABEL_KIND[images[0].ndim]} files could be read")
     best = max(counts, key=lambda k: (len(counts[k]), len(set(k)) == len(k)))
     if len(set(best)) != len(best):
         raise InputError(f"the most common label list {list(best)} has duplicates; pass labels=[...] explicitly")
     return list(best)
 
 def _read_labelled(images, landmarks, size, labels, on_bad_labels):
-    "Labelled images with valid LabelMe files, their landmarks (normalised), the labels, the skipped files, shapes."
+    "Labelled images with valid landmarks, their landmarks (normalised), the labels, the skipped files, the geometry."
     ldir = Path(images if landmarks is None else landmarks)
-    if not ldir.is_dir(): raise MissingFileError(f"labels folder not found: {ldir}; pass the folder that holds the "
-                                                 f"LabelMe .json files (command line: --labels)")
-    ims, shapes = _read_set(images, size, "labelled images")
-    files = [ldir / (file_stem(im.path) + ".json") for im in ims]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise MissingFileError(f"{len(missing)} labelled image(s) have no LabelMe file in {ldir}: {missing[:5]}"
-                               f"{' ...' if len(missing) > 5 else ''} (expected <image stem>.json)")
-    labels = list(labels) if labels is not None else _label_order(files)
-    kept, pts, skipped, kshapes = [], [], [], []
-    for im, f, shp in zip(ims, files, shapes):
+    if not ldir.is_dir() and not (ldir.is_file() and ldir.suffix.lower() == ".csv"):
+        raise MissingFileError(f"labels folder not found: {ldir}; pass the folder that holds the LabelMe .json files "
+                               f"(2D) or the 3D Slicer markups / CSV files (3D), or one landmarks .csv file "
+                               f"(command line: --labels)")
+    ims, geo = _read_set(images, size, "labelled images")
+    sources = _label_files(ims, ldir)
+    labels = list(labels) if labels is not None else _label_order(sources, geo)
+    kept, pts, skipped, kgeo = [], [], [], []
+    for im, src, g in zip(ims, sources, geo):
         try:
-            P, _ = read_labelme(f, labels)
-            check_landmarks(P, shp, labels, str(f))
+            P, _ = _read_points(src, g, labels)
+            check_landmarks(P, g.shape, labels, src.where)
         except ValueError as e:
             if on_bad_labels == "error":
                 raise InputError(f"{e}; or pass on_bad_labels='skip' (command line: --skip-bad-labels) to skip "
@@ -654,53 +747,56 @@ def _read_labelled(images, landmarks, size, labels, on_bad_labels):
             warnings.warn(f"skipping {Path(im.path).name}: {e}")
             skipped.append(dict(image=Path(im.path).name, reason=str(e)))
             continue
-        kept.append(im); pts.append(index_to_norm(P, shp)); kshapes.append(shp)
+        kept.append(im); pts.append(index_to_norm(P, g.shape)); kgeo.append(g)
     if len(kept) < 2: raise InputError(f"only {len(kept)} labelled image(s) with valid labels; at least 2 are needed")
-    return kept, np.stack(pts), labels, skipped, kshapes
+    return kept, np.stack(pts), labels, skipped, kgeo
 
 # %% ../nbs/30_semisup.ipynb #5f4fc249
 def _input_spacing(ims, shapes, size, pixel_size=None) -> tuple:
-    "Mean pixel size (x, y) of the images resized to `size`, and whether it is physical (files or `pixel_size`)."
-    ratio = np.array([[s[1] / size[1], s[0] / size[0]] for s in shapes])   # file pixels per network pixel (x, y)
+    "Mean pixel size (x, y[, z]) of the images resized to `size`, and whether it is physical (files or `pixel_size`)."
+    d = len(size)
+    ratio = np.array([[s[j] / size[j] for j in reversed(range(d))] for s in shapes])   # file / network pixels (x, y..)
     per = np.array([im.spacing for im in ims], dtype=np.float64)
     known = not np.allclose(per / ratio, 1.0)                               # formats without a pixel size give 1
     if pixel_size is not None:
         ps = np.asarray(pixel_size, dtype=np.float64)
-        if ps.size not in (1, 2) or not (np.isfinite(ps) & (ps > 0)).all():
-            raise InputError(f"pixel_size must be a positive number or (x, y) numbers (mm per pixel of the files), "
-                             f"got {pixel_size!r}")
-        per, known = np.broadcast_to(ps.ravel(), (2,)) * ratio, True
+        if ps.size not in (1, d) or not (np.isfinite(ps) & (ps > 0)).all():
+            raise InputError(f"pixel_size must be a positive number or {'(x, y)' if d == 2 else '(x, y, z)'} numbers "
+                             f"(mm per pixel of the files), got {pixel_size!r}")
+        per, known = np.broadcast_to(ps.ravel(), (d,)) * ratio, True
     return per.mean(0), known
 
 # %% ../nbs/30_semisup.ipynb #529bdf75
-def train_from_folder(images,                  # folder (or glob) of labelled 2D images
-                      landmarks,               # folder of LabelMe .json files named like the images; None: `images`
+def train_from_folder(images,                  # folder (or glob) of labelled 2D or 3D images
+                      landmarks,               # folder of landmark files named like the images, a CSV; None: `images`
                       out="semisup_out",       # output: semisup.pt, summary.json, unlabelled_landmarks.csv, report.html
                       *,
                       unlabelled=None,         # folder (or glob) of unlabelled images (needed for self-training)
-                      size: Sequence[int] = (192, 160),      # (H, W) the images are resized to for training
-                      labels: Sequence[str] | None = None,   # LabelMe labels to use, in order (default: the common set)
-                      on_bad_labels: str = "error",  # 'error' or 'skip': LabelMe files with missing/duplicate labels
-                      pixel_size=None,         # mm per pixel of the image files, x (and y); None: the files' own
+                      size: Sequence[int] = (192, 160),      # (H, W) or (D, H, W) the images are resized to
+                      labels: Sequence[str] | None = None,  # labels of the landmarks to use, in order (default: common)
+                      on_bad_labels: str = "error",  # 'error' or 'skip': files with missing/duplicate labels, NaN...
+                      pixel_size=None,         # mm per pixel of the files, x (and y[, z]); None: the files' own
                       overwrite: bool = False, # allow an output folder that already holds files
                       resume: bool = False,    # continue the interrupted run in `out`
                       train_options: dict | None = None,  # more TrainConfig settings (accumulate, amp, ...)
                       **params,                # `SemiSupervisedDetector` parameters (rounds, z_threshold, ...)
                      ) -> SemiSupervisedDetector:
-    "Train a detector on image folders and LabelMe files; write its checkpoint, summary, report, unlabelled landmarks."
+    "Train a detector on image folders and landmark files; write its checkpoint, summary, report, unlabelled landmarks."
     SemiSupervisedDetector._check_param_names(params)
     if on_bad_labels not in ("error", "skip"):
         raise InputError(f"on_bad_labels must be 'error' or 'skip', got {on_bad_labels!r}")
     size = tuple(int(s) for s in size)
-    if len(size) != 2: raise InputError(f"size must be (H, W) for 2D images with LabelMe landmarks, got {size}")
+    if len(size) not in (2, 3):
+        raise InputError(f"size must be (H, W) for 2D or (D, H, W) for 3D images, got {size} (command line: --size H W "
+                         f"or --size D H W)")
     with output_folder(out, overwrite, resume) as o:
         out, res = o.out, o.staging   # results are written to `res`, then committed to `out` together
-        kept, yl, labels, skipped, kshapes = _read_labelled(images, landmarks, size, labels, on_bad_labels)
-        uims = ushapes = xu = None
+        kept, yl, labels, skipped, kgeo = _read_labelled(images, landmarks, size, labels, on_bad_labels)
+        uims, ugeo, xu = None, [], None
         if unlabelled is not None:
-            uims, ushapes = _read_set(unlabelled, size, "unlabelled images")
+            uims, ugeo = _read_set(unlabelled, size, "unlabelled images", f"the labelled images are {len(size)}D")
             xu = stack_images(uims)
-        sp, mm = _input_spacing(kept + (uims or []), kshapes + (ushapes or []), size, pixel_size)
+        sp, mm = _input_spacing(kept + (uims or []), [g.shape for g in kgeo + ugeo], size, pixel_size)
         uses_z = xu is not None and params.get("self_training", True) and params.get("shape_regulation", True)
         if not mm and "spacing" not in params and uses_z:
             warnings.warn(f"the images carry no pixel size, so z_threshold (Z = {params.get('z_threshold', 2.0)}) "
@@ -722,9 +818,9 @@ def train_from_folder(images,                  # folder (or glob) of labelled 2D
         pu = None
         if xu is not None:
             pu = det.predict(xu)
-            idx = [norm_to_index(to_numpy(p), s) for p, s in zip(pu, ushapes)]
+            idx = [norm_to_index(to_numpy(p), g.shape) for p, g in zip(pu, ugeo)]
             write_landmarks_csv(res / "unlabelled_landmarks.csv", np.stack(idx), [Path(u.path).name for u in uims],
-                                ushapes)
+                                [g.shape for g in ugeo])
             summary["unlabelled_landmarks"] = str(out / "unlabelled_landmarks.csv")
         (res / "summary.json").write_text(json.dumps(summary, indent=1))
         _write_train_report(det, xl, yl, [Path(im.path).name for im in kept], xu, pu,
@@ -742,6 +838,14 @@ def _settings(det: SemiSupervisedDetector) -> dict:
             "z threshold": det.z_threshold, "batch size": det.batch_size, "learning rate": det.lr,
             "device": str(det.device_)}
 
+_SLICES = "; each volume as the slices through its centre, with every landmark projected onto them (mm)"
+
+def _landmark_figures(x, sets: dict, names, spacing) -> list:
+    "Figures of images `x` (m, 1, *S) with landmark sets {name: (m, K, d) normalised}: 2D side by side, 3D as slices."
+    if x.ndim == 4: return [image_figure(x[:, 0], sets, titles=names)]
+    return [slices_figure(x[i, 0], {k: v[i] for k, v in sets.items()}, spacing=spacing, band=math.inf, max_size=64
+                          ).update_layout(title=nm) for i, nm in enumerate(names)]
+
 def _write_train_report(det: SemiSupervisedDetector, xl, yl, names_l, xu, pred_u, names_u, out: Path, summary: dict,
                         max_report: int = 4) -> Path:
     "report.html of a training run: summary table, training curves, pseudo-label rounds, landmarks on a few images."
@@ -757,16 +861,18 @@ def _write_train_report(det: SemiSupervisedDetector, xl, yl, names_l, xu, pred_u
                     "abnormal images, last round": last.get("frac_abnormal_images")}})
     if xu is not None:
         m = min(max_report, len(xu))
-        fig = image_figure(xu[:m, 0], {"predicted": pred_u[:m]}, titles=names_u[:m])
+        figs = _landmark_figures(xu[:m], {"predicted": pred_u[:m]}, names_u[:m], det.spacing_)
     else:
         m = min(max_report, len(xl))
-        fig = image_figure(xl[:m, 0], {"labelled": yl[:m], "predicted": det.predict(xl[:m])}, titles=names_l[:m])
+        figs = _landmark_figures(xl[:m], {"labelled": yl[:m], "predicted": det.predict(xl[:m])}, names_l[:m],
+                                 det.spacing_)
     parts = [table, report_section("Training", "Loss per epoch of every phase, one after the other."),
              training_curves(det.history_), report_section("Pseudo labels per self-training round",
                                                            None if det.rounds_ else "No self-training rounds."),
              records_table(det.rounds_) if det.rounds_ else None,
              report_section("Landmarks", f"The first {m} " + ("unlabelled images" if xu is not None else
-                            "labelled images, their labels and the predictions") + ", at the network input size."), fig]
+                            "labelled images, their labels and the predictions") + ", at the network input size"
+                            + ("" if det.d_ == 2 else _SLICES) + "."), *figs]
     return write_report(out / "report.html", f"Semi-supervised landmark detection: {len(xl)} labelled images", parts)
 
 # %% ../nbs/30_semisup.ipynb #90c9e052
@@ -786,28 +892,40 @@ def _write_predict_report(det: SemiSupervisedDetector, x, pred, spread, names, s
     rows = [dict(image=names[i], mean_spread_px=float(s[i].mean()), max_spread_px=float(worst[i]),
                  widest_landmark=labels[int(s[i].argmax())]) for i in np.argsort(-worst, kind="stable")]
     m = min(max_report, len(x))
-    parts = [table, report_section("Landmarks", f"The first {m} images, at the network input size."),
-             image_figure(x[:m, 0], {"predicted": pred[:m]}, titles=names[:m]),
+    parts = [table, report_section("Landmarks", f"The first {m} images, at the network input size"
+                                   + ("" if det.d_ == 2 else _SLICES) + "."),
+             *_landmark_figures(x[:m], {"predicted": pred[:m]}, names[:m], det.spacing_),
              report_section("Doubt per image", "Spread of the heatmaps (standard deviation around the landmark, pixels "
                             "of the network input): the larger, the less sure; the most doubtful images first."),
              records_table(rows, max_rows=50)]
     return write_report(out / "report.html", f"Landmark detection: {len(x)} images", parts)
 
 # %% ../nbs/30_semisup.ipynb #bf1a4847
+def _check_formats(d: int, labelme: bool, markups: bool):
+    "Refuse a landmark file format that cannot hold the points of a `d`-D detector."
+    if labelme and d != 2:
+        raise InputError("labelme=True writes LabelMe files, which hold 2D points, but the detector is 3D; use "
+                         "markups=True (command line: --markups) for 3D Slicer markups")
+    if markups and d != 3:
+        raise InputError("markups=True writes 3D Slicer markups, which hold 3D points, but the detector is 2D; use "
+                         "labelme=True (command line: --labelme) for LabelMe files")
+
 def predict_folder(checkpoint,              # a SemiSupervisedDetector checkpoint (e.g. OUT/semisup.pt)
-                   images,                  # folder, glob or list of 2D images (any size: resized to the model's)
-                   out="semisup_pred",      # output: landmarks.csv, summary.json, report.html (+ LabelMe files)
+                   images,                  # folder, glob or list of images (any size: resized to the model's)
+                   out="semisup_pred",      # output: landmarks.csv, summary.json, report.html (+ landmark files)
                    *,
-                   labelme: bool = False,   # also write one LabelMe .json per image (named like the image)
+                   labelme: bool = False,   # 2D: also write one LabelMe .json per image (named like the image)
+                   markups: bool = False,   # 3D: also write one 3D Slicer .mrk.json per image (mm, LPS)
                    device: str = "cpu",     # where the network runs
                    overwrite: bool = False, # allow an output folder that already holds files
                   ) -> dict:
-    "Detect landmarks on a folder of images; write them as CSV in each image's pixel indices; return the summary."
+    "Detect landmarks on a folder of images; write them as CSV in each image's voxel indices; return the summary."
     with output_folder(out, overwrite) as o:
         out, res = o.out, o.staging   # results are written to `res`, then committed to `out` together
         det = SemiSupervisedDetector.load(checkpoint, device=device)
-        if det.d_ != 2: raise InputError(f"{checkpoint}: predict_folder handles 2D detectors, this one is {det.d_}D")
-        ims, shapes = _read_set(images, det.image_shape_[1:], "images")
+        _check_formats(det.d_, labelme, markups)
+        ims, geo = _read_set(images, det.image_shape_[1:], "images", f"the detector {checkpoint} is {det.d_}D")
+        shapes = [g.shape for g in geo]
         x = stack_images(ims)
         pred, spread = _predict_with_spread(det, x)
         idx = np.stack([norm_to_index(to_numpy(p), s) for p, s in zip(pred, shapes)])
@@ -819,6 +937,10 @@ def predict_folder(checkpoint,              # a SemiSupervisedDetector checkpoin
             summary["labelme"] = [str(o.final(write_labelme(res / (file_stem(nm) + ".json"), P, det.landmark_names_,
                                                             image_path=nm, image_shape=s)))
                                  for nm, P, s in zip(names, idx, shapes)]
+        if markups:
+            summary["markups"] = [str(o.final(write_markups(res / (file_stem(nm) + ".mrk.json"),
+                                                            norm_to_markups(to_numpy(p), g), det.landmark_names_)))
+                                  for nm, p, g in zip(names, pred, geo)]
         (res / "summary.json").write_text(json.dumps(summary, indent=1))
         _write_predict_report(det, x, pred, spread, names, shapes, res, summary)
         o.commit()

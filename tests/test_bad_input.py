@@ -26,7 +26,9 @@ from shape_nb.deepssm import predict_folder as deepssm_predict_folder
 from shape_nb.deepssm import train_from_folder as deepssm_train_from_folder
 from shape_nb.discovery import LandmarkDiscovery, discover_landmarks
 from shape_nb.io import (read_image, read_images, read_labelme, read_landmark_folder, read_landmarks_csv,
-                         read_particles, stack_images, write_image, write_labelme, write_particles)
+                         read_particles, stack_images, write_image, write_labelme, write_landmarks_csv,
+                         write_particles)
+from shape_nb.markups import write_markups
 from shape_nb.semisup import SemiSupervisedDetector, predict_folder, train_from_folder
 from shape_nb.shape import PPCA, ShapePCA
 from shape_nb.tps import tps_fit
@@ -129,6 +131,32 @@ def outside(i, lab, P):
 
 def labelme_file(t, edit):
     return labelled(t, edit) / ("02.json" if edit is missing_label else "01.json")
+
+
+def volumes_with_markups(t, edit=None, n=3, drop=None):
+    "n random 8^3 NIfTI volumes in lab/ and 3D Slicer markups (mm = voxels) in marks/ but `drop`'s; edit as `labelled`."
+    d, m = t / "lab", t / "marks"; m.mkdir(parents=True)
+    for i in range(n):
+        write_image(d / f"{i:02d}.nii.gz", rand((8, 8, 8), i))
+        lab, P = list(LABELS), np.c_[POINTS / 2, [2.0, 3.0, 4.0]] + i * 0.25
+        if edit: lab, P = edit(i, lab, P)
+        if i != drop: write_markups(m / f"{i:02d}.mrk.json", P, lab)
+    return d, m
+
+
+def volumes_with_nan_csv(t):
+    "3 volumes and one CSV of their voxel indices, one of them NaN (a landmark not placed)."
+    d, _ = volumes_with_markups(t)
+    P = np.tile(np.c_[POINTS / 2, [2.0, 3.0, 4.0]], (3, 1, 1)); P[1, 2, 0] = np.nan
+    write_landmarks_csv(t / "l.csv", P, [f"{i:02d}.nii.gz" for i in range(3)])
+    return d, t / "l.csv"
+
+
+def volumes_with_labelme(t):
+    "3 volumes with LabelMe (2D) files beside them."
+    d, _ = volumes_with_markups(t)
+    for i in range(3): write_labelme(d / f"{i:02d}.json", POINTS, LABELS)
+    return d
 
 
 def volumes_with_particles(t, names=("a", "b", "c"), counts=(5, 5, 5), img_names=("a", "b", "c")):
@@ -243,6 +271,12 @@ CASES = [
     api(lambda t, mp: train_from_folder(labelled(t, outside), t / "lab", out=t / "o", size=(16, 16),
                                          self_training=False, **TINY_SS), InputError, "01.json", "lies outside",
         id="api-semisup-landmark-outside"),
+    api(lambda t, mp: train_from_folder(*volumes_with_markups(t, dup_label), out=t / "o", size=(8, 8, 8),
+                                         self_training=False, **TINY_SS), InputError, "01.mrk.json", "duplicate label",
+        "'nasion' (2 times)", "on_bad_labels='skip'", id="api-semisup-3d-duplicate-label"),
+    api(lambda t, mp: train_from_folder(*volumes_with_markups(t, missing_label), out=t / "o", size=(8, 8, 8),
+                                         self_training=False, **TINY_SS), InputError, "02.mrk.json",
+        "missing label(s) 'menton'", id="api-semisup-3d-missing-label"),
     api(lambda t, mp: predict_folder(t / "missing.pt", pngs(t), t / "o"), MissingFileError, "missing.pt",
         "does not exist", id="api-semisup-missing-checkpoint"),
     api(lambda t, mp: deepssm_predict_folder((t / "x.pt").write_text("junk") and t / "x.pt", pngs(t), t / "o"),
@@ -310,6 +344,21 @@ CASES = [
                        "--supervised-only"], "01.json", "lies outside", id="cli-semisup-train-landmark-outside"),
     cli(lambda t, mp: ["semisup", "train", "--labelled", str(pngs(t)), "--size", "16", "16"], "no LabelMe file",
         "00.json", id="cli-semisup-train-no-labels"),
+    cli(lambda t, mp: ["semisup", "train", *sum(zip(["--labelled", "--labels"], map(str, volumes_with_markups(
+        t, drop=1))), ()), "--size", "8", "8", "8"], "1 labelled image(s) have no landmark file", "01.mrk.json",
+        "3D Slicer markups", id="cli-semisup-train-3d-no-markups"),
+    cli(lambda t, mp: ["semisup", "train", *sum(zip(["--labelled", "--labels"], map(str, volumes_with_nan_csv(t))), ()),
+                       "--size", "8", "8", "8"], "l.csv (image 01)", "have NaN", "--skip-bad-labels",
+        id="cli-semisup-train-3d-nan-csv"),
+    cli(lambda t, mp: ["semisup", "train", "--labelled", str(volumes_with_markups(t)[0]), "--labels", str(t / "marks"),
+                       "--size", "8", "8"], "size must be (D, H, W) for the 3D labelled images", "--size D H W",
+        id="cli-semisup-train-3d-size-2-numbers"),
+    cli(lambda t, mp: ["semisup", "train", "--labelled", str(volumes_with_markups(t)[0]), "--size", "8", "8", "8", "8"],
+        "size must be (H, W) for 2D or (D, H, W) for 3D", id="cli-semisup-train-size-4-numbers"),
+    cli(lambda t, mp: ["semisup", "train", "--labelled", str(volumes_with_labelme(t)), "--size", "8", "8", "8"],
+        "no landmark file", "00.json", "LabelMe .json files hold 2D points", id="cli-semisup-train-3d-labelme"),
+    cli(lambda t, mp: ["semisup", "train", "--labelled", str(mixed_dims(t)), "--size", "16", "16"],
+        "cannot mix 2D and 3D", id="cli-semisup-train-mixed-2d-3d"),
     cli(lambda t, mp: ["semisup", "predict", str(t / "none.pt"), str(truncated_png(t))], "none.pt",
         "does not exist", id="cli-semisup-predict-missing-checkpoint"),
 ]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
+from synthetic import blob_set, ellipse_set
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 CLI = [sys.executable, "-c", "import sys; from shape_nb.cli import main; sys.exit(main())"]
@@ -59,25 +59,10 @@ def killed(where, arg, args):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     "Small 2D sets: ellipse images + a correspondence CSV (DeepSSM); PNGs + LabelMe files (semisup, discovery)."
-    from shape_nb.deepssm import _write_points_csv
-    from shape_nb.io import write_image, write_labelme
     root = tmp_path_factory.mktemp("data")
     for sub in ("ell", "lab", "unl"): (root / sub).mkdir()
-    t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
-    yy, xx = np.mgrid[0:32, 0:32]
-    P = []
-    for i, (a, b) in enumerate(np.random.default_rng(0).uniform(5, 12, (10, 2))):
-        np.save(root / "ell" / f"e{i}.npy", ((((xx - 16) / a) ** 2 + ((yy - 16) / b) ** 2) < 1).astype(np.float32))
-        P.append(np.stack([16 + a * np.cos(t), 16 + b * np.sin(t)], 1))
-    _write_points_csv(root / "ell.csv", [f"e{i}" for i in range(10)], np.stack(P))
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:40, 0:44]
-    for i in range(9):
-        pts = np.array([22, 20]) + np.array([[0, -10], [-10, 8], [10, 8]]) + rng.normal(0, 1, (3, 2))
-        img = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (1.0 + k) ** 2)) for k, (x, y) in enumerate(pts))
-        img = (255 * (img + 0.05 * rng.random(img.shape)) / img.max()).clip(0, 255).astype(np.uint8)
-        write_image(root / ("lab" if i < 5 else "unl") / f"im{i}.png", img)
-        if i < 5: write_labelme(root / "lab" / f"im{i}.json", pts, ["a", "b", "c"], image_shape=(40, 44))
+    ellipse_set(root / "ell", root / "ell.csv")
+    blob_set(root / "lab", root / "unl", root / "lab")
     return root
 
 

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from synthetic import blob_set, ellipse_set
 from test_browser import chromium_page
 
-from shape_nb.io import write_image, write_labelme, write_particles
+from shape_nb.io import write_image, write_particles
 
 DS_SMALL = dict(channels=(4, 4, 8, 8, 8), kernel_size=3, fc=(16, 8), pool_to=2, batch_size=4, epochs=1,
                 progress=False, device="cpu")
@@ -33,7 +34,7 @@ def _discovery(root):
 
 
 def _deepssm(root):
-    from shape_nb.deepssm import _write_points_csv, ellipsoid_dataset, predict_folder, train_from_folder
+    from shape_nb.deepssm import ellipsoid_dataset, predict_folder, train_from_folder
     data = ellipsoid_dataset(12, 16, 24, random_state=0)
     mm = ((data["points"] + 1) * 8 - 0.5) * np.array([2.0, 1.5, 1.0]) + np.array([-10.0, 5.0, 3.0])
     for sub in ("img", "pts", "img2"): (root / sub).mkdir()
@@ -45,13 +46,7 @@ def _deepssm(root):
     train_from_folder(imgs[:9], pts[:9], root / "ds", validation_images=imgs[9:], validation_landmarks=pts[9:],
                       **DS_SMALL)
     predict_folder(root / "ds" / "deepssm.pt", imgs[9:], root / "ds_pred")
-    t = np.linspace(0, 2 * np.pi, 12, endpoint=False)                   # 2D: ellipses, points in pixels
-    yy, xx = np.mgrid[0:20, 0:20]
-    P = []
-    for i, (a, b) in enumerate(np.random.default_rng(0).uniform(3, 7, (10, 2))):
-        np.save(root / "img2" / f"e{i}.npy", ((((xx - 10) / a) ** 2 + ((yy - 10) / b) ** 2) < 1).astype(np.float32))
-        P.append(np.stack([10 + a * np.cos(t), 10 + b * np.sin(t)], 1))
-    _write_points_csv(root / "pts2.csv", [f"e{i}" for i in range(10)], np.stack(P))
+    ellipse_set(root / "img2", root / "pts2.csv", size=20, axes=(3, 7))   # 2D: ellipses, points in pixels
     train_from_folder(root / "img2", root / "pts2.csv", root / "ds2", **DS_SMALL)
     predict_folder(root / "ds2" / "deepssm.pt", root / "img2", root / "ds2_pred")
     return {k: root / k for k in ("ds", "ds_pred", "ds2", "ds2_pred")}
@@ -59,15 +54,8 @@ def _deepssm(root):
 
 def _semisup(root):
     from shape_nb.semisup import predict_folder, train_from_folder
-    rng = np.random.default_rng(0)
     for sub in ("lab", "json", "unl"): (root / sub).mkdir()
-    yy, xx = np.mgrid[0:40, 0:44]
-    for i in range(9):
-        pts = np.array([22, 20]) + np.array([[0, -10], [-10, 8], [10, 8]]) + rng.normal(0, 1, (3, 2))
-        img = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (1.0 + k) ** 2)) for k, (x, y) in enumerate(pts))
-        img = (255 * (img + 0.05 * rng.random(img.shape)) / img.max()).clip(0, 255).astype(np.uint8)
-        write_image(root / ("lab" if i < 5 else "unl") / f"im{i}.png", img)
-        if i < 5: write_labelme(root / "json" / f"im{i}.json", pts, ["a", "b", "c"], image_shape=(40, 44))
+    blob_set(root / "lab", root / "unl", root / "json")
     train_from_folder(root / "lab", root / "json", root / "ss", unlabelled=root / "unl", size=(32, 32), **SS_FAST)
     predict_folder(root / "ss" / "semisup.pt", root / "unl", root / "ss_pred")
     return {"ss": root / "ss", "ss_pred": root / "ss_pred"}
