@@ -15,6 +15,8 @@ Options: --size H W (default 128 104), --epochs-pretrain 100, --rounds 3, --epoc
 threshold Z in mm, the paper's; pixels of 0.1 mm assumed, so 20 original pixels), --protocol paper|restarts
 (SemiSupervisedDetector's PROTOCOLS entry, default paper), --cache DIR (pre-trained networks, shared by the variants
 of one label count, protocol and device), --train-options JSON (passed as SemiSupervisedDetector(train_options=...)),
+--val N (labelled validation images taken from the unlabelled pool; every phase then stops early after --patience
+epochs without improvement of their L1, default 10, and keeps its best epoch: the --epochs-* become maxima),
 --tag, --table; with --fidelity: --settings NAME ... (default all of FIDELITY), --seeds; the common ones
 (bench/benchlib.py): --device auto|cpu|cuda, --threads (default 1), --quick (32x26 images, 2 epochs per phase, 1
 round), --out (folder, default bench/results), --seed 0. Results of separate runs are merged into
@@ -121,22 +123,32 @@ def to_px(v):
     return v / PIXEL_MM
 
 
-def pretrained(a, xl, yl, L, spacing):
-    "The shared pre-trained detector for L labels (cached on disk)."
+def pretrained(a, xl, yl, L, spacing, val=None):
+    "The shared pre-trained detector for L labels (cached on disk) and its seconds and epochs."
     kw = dict(epochs_pretrain=a.epochs_pretrain, batch_size=a.batch_size, random_state=a.seed, device=a.device,
               progress=False, spacing=spacing, **a.protocol_params, **a.extra)
     dev = a.dev.type + ("" if a.dev.type == "cpu" else f"_{a.dev.index or 0}")
     cache = Path(a.cache) / (f"v3_pre_L{L}_{a.size[0]}x{a.size[1]}_e{a.epochs_pretrain}_lr{a.lr:g}_b{a.batch_size}"
-                             f"_{a.protocol}_s{a.seed}_{dev}.pt")   # v3: protocols (augmentation, schedule)
+                             f"_{a.protocol}_s{a.seed}_{dev}{stop_key(a)}.pt")   # v3: protocols, schedule
     if cache.exists() and cache.with_suffix(".json").exists():
         print(f"  pre-trained network from {cache}")
-        secs = json.loads(cache.with_suffix(".json").read_text())["seconds"]
-        return SemiSupervisedDetector.load(cache, device=a.device), secs
+        info = json.loads(cache.with_suffix(".json").read_text())
+        return SemiSupervisedDetector.load(cache, device=a.device), info["seconds"], info.get("epochs")
     with bl.clock(a.dev) as c:
-        det = SemiSupervisedDetector(**ABLATIONS["supervised"], epochs_finetune=0, **kw).fit(xl, yl)
-    secs = c.seconds
-    det.save(cache); cache.with_suffix(".json").write_text(json.dumps(dict(seconds=secs)))
-    return det, secs
+        det = SemiSupervisedDetector(**ABLATIONS["supervised"], epochs_finetune=0, **kw).fit(xl, yl, validation=val)
+    secs, ep = c.seconds, epochs_run(det)["pretrain"]
+    det.save(cache); cache.with_suffix(".json").write_text(json.dumps(dict(seconds=secs, epochs=ep)))
+    return det, secs, ep
+
+
+def stop_key(a) -> str:
+    "Cache-name part of the early-stopping settings ('' without a validation split)."
+    return f"_val{a.val}_pat{a.patience}" if a.val else ""
+
+
+def epochs_run(det) -> dict:
+    "Per phase of a fit: epochs trained, the best validation epoch (kept weights) and why it stopped."
+    return {k: dict(run=len(h.records), best=h.best_epoch, stopped=h.stopped) for k, h in det.history_.items()}
 
 
 def phase_seconds(det, total, pre_secs):
@@ -179,18 +191,21 @@ def run(a):
                                                n_images=int(ok[test].sum()))))
     bl.write_results(a, a.dev, {"meta": meta}, merge=True)
     for L in a.labels:
-        lab, unl = pool[:L], pool[L:]
-        print(f"== {L} labelled, {len(unl)} unlabelled, {len(test)} test images ({H}x{W} network input, {where})")
+        lab, vi, unl = pool[:L], pool[L:L + a.val], pool[L + a.val:]
+        val = (x[vi], y[vi]) if a.val else None
+        print(f"== {L} labelled, {len(unl)} unlabelled, {a.val} validation, {len(test)} test images ({H}x{W} network "
+              f"input, {where})")
         settings = dict(network_input=list(a.size), epochs_pretrain=a.epochs_pretrain, rounds=a.rounds,
                         epochs_round=a.epochs_round, epochs_finetune=a.epochs_finetune, lr=a.lr,
                         batch_size=a.batch_size, z_threshold_mm=a.z, protocol=a.protocol, seed=a.seed,
-                        threads=a.threads)
-        base, pre_secs = pretrained(a, x[lab], y[lab], L, spacing)
+                        threads=a.threads, validation_images=a.val, patience=a.patience,
+                        epochs_are="maxima (early stopping on the validation split)" if a.val else "fixed")
+        base, pre_secs, pre_epochs = pretrained(a, x[lab], y[lab], L, spacing, val)
         pb = base.predict(x[test])
         rb = errors(pb, gt[test])
         ptag = f"_seed{a.seed}" if a.seed else ""   # the pre-trained network depends on the seed only
         rec = dict(labels=L, variant="pretrained only", tag=ptag, mre=rb["mre"], sd=rb["sd"], sdr=rb["sdr"],
-                   seconds=pre_secs, settings=settings)
+                   seconds=pre_secs, settings=settings, epochs={"pretrain": pre_epochs})
         bl.write_results(a, a.dev, {"runs": {f"{L}/pretrained{ptag}": rec}}, merge=True)
         print(f"  pre-trained only: test MRE {rb['mre']:.1f} ({rb['sd']:.1f})")
         for v in a.variants:
@@ -201,7 +216,7 @@ def run(a):
                                              random_state=a.seed, device=a.device, progress=False,
                                              **a.protocol_params, **a.extra)
                 det.fit(x[lab], y[lab], unlabelled=x[unl] if VARIANTS[v]["self_training"] else None,
-                        unlabelled_landmarks=y[unl] if VARIANTS[v]["self_training"] else None)
+                        unlabelled_landmarks=y[unl] if VARIANTS[v]["self_training"] else None, validation=val)
             secs = c.seconds
             p = det.predict(x[test])
             r = errors(p, gt[test])
@@ -211,6 +226,7 @@ def run(a):
                        rounds=to_px(det.rounds_), unlabelled_final_mre=to_px(getattr(det, "unlabelled_mre_", None)),
                        seconds=secs,
                        pretrain_seconds=pre_secs, phase_seconds=phase_seconds(det, secs, pre_secs), device=where,
+                       epochs={"pretrain": pre_epochs, **{k: e for k, e in epochs_run(det).items() if k != "pretrain"}},
                        train_options=a.extra.get("train_options"))
             bl.write_results(a, a.dev, {"runs": {f"{L}/{v}{a.tag}": rec}}, merge=True)
             print(f"  {v + a.tag:<11s} test MRE {r['mre']:.1f} ({r['sd']:.1f})  SDR@20/25/30/40 px "
@@ -287,6 +303,15 @@ def tables(path):
         if r.get("unlabelled_final_mre") is not None:
             print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<10} {'final':>5} "
                   f"{r['unlabelled_final_mre']:7.1f}")
+    stopped = [r for r in res.values() if r.get("epochs") and r.get("variant") != "pretrained only"]
+    if stopped:
+        print("\nEpochs trained per phase (best validation epoch, counted from 0, in brackets)")
+        fmt = lambda e: "-" if not e or not e["run"] else f"{e['run']} ({e['best']})"
+        phases = ["pretrain", "round_1", "round_2", "round_3", "finetune"]
+        print(f"{'labels':>6} {'variant':<16} " + " ".join(f"{ph:>10}" for ph in phases))
+        for r in stopped:
+            print(f"{r['labels']:>6} {r['variant'] + r.get('tag', ''):<16} "
+                  + " ".join(f"{fmt(r['epochs'].get(ph)):>10}" for ph in phases))
     timed = [r for r in res.values() if r.get("phase_seconds")]
     if timed:
         n_rounds = max(len([k for k in r["phase_seconds"] if k.startswith("round_")]) for r in timed)
@@ -455,6 +480,9 @@ if __name__ == "__main__":
     p.add_argument("--protocol", default="paper", choices=["paper", "restarts"],
                    help="SemiSupervisedDetector PROTOCOLS entry (default paper)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--val", type=int, default=0, help="labelled validation images taken from the unlabelled pool: "
+                   "every phase stops early on their L1 and keeps its best epoch (the --epochs-* are then maxima)")
+    p.add_argument("--patience", type=int, default=10, help="with --val: epochs without validation improvement")
     p.add_argument("--z", type=float, default=2.0, help="abnormality threshold Z in mm (paper: 2 mm; 0.1 mm pixels)")
     p.add_argument("--train-options", default=None, help="JSON dict for SemiSupervisedDetector(train_options=...)")
     p.add_argument("--cache", default="/tmp/semisup_cache")
@@ -470,6 +498,7 @@ if __name__ == "__main__":
     a.dev = bl.setup(a)
     a.device = str(a.dev)
     a.extra = {"train_options": json.loads(a.train_options)} if a.train_options else {}
+    if a.val: a.extra["train_options"] = {"patience": a.patience, **a.extra.get("train_options", {})}
     a.protocol_params = dict(PROTOCOLS[a.protocol], lr=a.lr)
     if a.quick:
         a.size, a.epochs_pretrain, a.rounds, a.epochs_round, a.epochs_finetune = [32, 26], 2, 1, 1, 2
