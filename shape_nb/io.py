@@ -853,11 +853,9 @@ def resize_image(image: Image,            # the image to resample
     org = tuple(float(o + d) for o, d in zip(image.origin, shift))
     return Image(out[0, 0].numpy(), sp, org, image.path, image.direction)
 
-# %% ../nbs/02_io.ipynb #a70646af
-def read_images(source,                          # folder, glob pattern ('imgs/*.png'), one file, or a list of paths
-                resize: Sequence[int] | None = None,  # target (H, W) or (D, H, W) to resample every image to
-               ) -> list[Image]:
-    "Read a set of 2D or 3D images (checked: finite, one dimensionality, one size unless `resize`)."
+# %% ../nbs/02_io.ipynb #f3584842
+def _read_checked(source) -> list[Image]:
+    "The images of `source` as read (checked: a known format, finite, one dimensionality)."
     srcs = _image_sources(source)
     for f, sl in srcs:
         if sl is None: _image_kind(f)                # an unsupported extension fails before anything is read
@@ -871,6 +869,13 @@ def read_images(source,                          # folder, glob pattern ('imgs/*
     for im in images: dims.setdefault(f"{im.ndim}D", []).append(Path(im.path).name)
     if len(dims) > 1:
         raise InputError(f"cannot mix 2D and 3D images: {_describe(dims, '')}; read them separately")
+    return images
+
+def read_images(source,                          # folder, glob pattern ('imgs/*.png'), one file, or a list of paths
+                resize: Sequence[int] | None = None,  # target (H, W) or (D, H, W) to resample every image to
+               ) -> list[Image]:
+    "Read a set of 2D or 3D images (checked: finite, one dimensionality, one size unless `resize`)."
+    images = _read_checked(source)
     if resize is not None: images = [resize_image(im, resize) for im in images]
     else: _check_same_size(images)
     return images
@@ -893,12 +898,19 @@ def file_stem(path) -> str:
         if name.lower().endswith(ext): return name[: -len(ext)]
     return Path(name).stem
 
-# %% ../nbs/02_io.ipynb #cdde7489
+# %% ../nbs/02_io.ipynb #bff3ced3
 def _read_text(p: Path, what: str) -> str:
     "The text of a landmark file (UTF-8, a leading byte-order mark dropped); binary data is an `InputError`."
     try: return p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{p}: not a {what} text file (byte {e.start} is not UTF-8); is it the right file?") from None
+
+def _read_json(p: Path, what: str):
+    "The parsed JSON of landmark file `p` (`_read_text`); bad syntax, huge numbers or deep nesting: an `InputError`."
+    try: return json.loads(_read_text(p, what))
+    except (ValueError, RecursionError) as e:           # bad syntax, a 5000-digit number, deep nesting
+        if isinstance(e, InputError): raise
+        raise InputError(f"{p}: not valid JSON ({' '.join(str(e).split())[:200]}); the file may be truncated") from e
 
 def read_labelme(path: str | os.PathLike,            # LabelMe .json file
                  labels: Sequence[str] | None = None,  # return these labels in this order (each must occur once)
@@ -907,10 +919,7 @@ def read_labelme(path: str | os.PathLike,            # LabelMe .json file
     "Read the point shapes of a LabelMe JSON file as (x, y) pixel indices and their labels."
     p = Path(path)
     if not p.is_file(): raise MissingFileError(f"LabelMe file not found: {p}")
-    try: d = json.loads(_read_text(p, "LabelMe JSON"))
-    except (ValueError, RecursionError) as e:           # bad syntax, a 5000-digit number, deep nesting
-        if isinstance(e, InputError): raise
-        raise InputError(f"{p}: not valid JSON ({' '.join(str(e).split())[:200]}); the file may be truncated") from e
+    d = _read_json(p, "LabelMe JSON")
     if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
         raise InputError(f"{p}: no 'shapes' list; is this a LabelMe annotation file?")
     pts, names = [], []

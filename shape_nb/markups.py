@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .core import InputError, MissingFileError, index_to_norm, norm_to_index, to_numpy
-from .io import Image, _read_text
+from .io import Image, _read_json, _read_text
 
 # %% auto #0
 __all__ = ['COORDINATE_SYSTEMS', 'MARKUPS_EXTENSIONS', 'convert_points', 'Markups', 'read_markups', 'markups_to_index',
@@ -61,13 +61,10 @@ def _finite_xyz(p: Path, where: str, values) -> list[float]:
         raise InputError(f"{p}: {where} is {str(values)[:60]}, not three finite numbers [x, y, z]")
     return xyz
 
-# %% ../nbs/09_markups.ipynb #14b06b96
+# %% ../nbs/09_markups.ipynb #7ddb5c92
 def _read_mrk_json(p: Path):
     "(points, names, system of each point) of every control point of every markup in a `.mrk.json` file."
-    try: d = json.loads(_read_text(p, "markups JSON"))
-    except (ValueError, RecursionError) as e:           # bad syntax, a 5000-digit number, deep nesting
-        if isinstance(e, InputError): raise
-        raise InputError(f"{p}: not valid JSON ({' '.join(str(e).split())[:200]}); the file may be truncated") from e
+    d = _read_json(p, "markups JSON")
     if not isinstance(d, dict) or not isinstance(d.get("markups"), list):
         raise InputError(f"{p}: no 'markups' list; is this a 3D Slicer .mrk.json file?")
     pts, names, systems = [], [], []

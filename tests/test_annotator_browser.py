@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shape_nb.io import read_labelme, read_landmarks_csv, write_image
-from test_browser import OFFLINE_TEMPLATE, chromium_page, find_chromium, free_port, serve
+from test_browser import chromium_page, find_chromium, voila_app
 
 NAMES = ["tip", "left", "right"]
 CELL = """\
@@ -50,21 +50,9 @@ def annotator_url(tmp_path):
     pytest.importorskip("voila", reason="no Voila installed (a dev requirement: pip install -e '.[dev]')")
     if find_chromium() is None:
         pytest.skip("no chromium found (install it: apt-get install chromium, or set CHROMIUM=/path/to/chromium)")
-    import nbformat
     (tmp_path / "images").mkdir()
     for i in range(2): synthetic_png(tmp_path / "images" / f"img{i}.png", i)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL)])
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    nbformat.write(nb, tmp_path / "annotate.ipynb")
-    tpl = tmp_path / "jupyter" / "voila" / "templates" / "offline"
-    tpl.mkdir(parents=True)
-    (tpl / "index.html.j2").write_text(OFFLINE_TEMPLATE)
-    (tpl / "conf.json").write_text('{"base_template": "lab"}')
-    port = free_port()
-    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "jupyter"), PYTHONUNBUFFERED="1")
-    with serve(["voila", str(tmp_path / "annotate.ipynb"), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-                "--template=offline", "--show_tracebacks=True"], port, tmp_path, tmp_path / "voila.log", env):
-        yield f"http://127.0.0.1:{port}/"
+    with voila_app(tmp_path, CELL, "annotate.ipynb") as url: yield url
 
 
 def wait_points(path: Path, n: int, timeout: float = 30.0):

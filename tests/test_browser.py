@@ -100,11 +100,12 @@ OFFLINE_TEMPLATE = """\
 """ % (FONTAWESOME_LINK.format("all.min.css"), FONTAWESOME_LINK.format("v4-shims.min.css"))
 
 
-def write_voila_app(folder: Path) -> Path:
+def write_voila_app(folder: Path, cell: str = VIEWER_CELL, name: str = "viewer.ipynb") -> Path:
+    "A one-cell notebook `folder/name` and the offline Voila template (folder/jupyter) it is served with."
     import nbformat
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(VIEWER_CELL)])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    path = folder / "viewer.ipynb"
+    path = folder / name
     nbformat.write(nb, path)
     tpl = folder / "jupyter" / "voila" / "templates" / "offline"
     tpl.mkdir(parents=True)
@@ -152,14 +153,20 @@ def serve(args, port: int, cwd: Path, log_path: Path, env: dict, runtime_dir: Pa
         log.close()
 
 
+@contextmanager
+def voila_app(folder: Path, cell: str = VIEWER_CELL, name: str = "viewer.ipynb"):
+    "Serve the one-cell notebook `cell` with Voila on localhost (offline template); yields its URL."
+    nb = write_voila_app(folder, cell, name)
+    port = free_port()
+    env = dict(os.environ, JUPYTER_PATH=str(folder / "jupyter"), PYTHONUNBUFFERED="1")
+    with serve(["voila", str(nb), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--template=offline",
+                "--show_tracebacks=True"], port, folder, folder / "voila.log", env):
+        yield f"http://127.0.0.1:{port}/"
+
+
 @pytest.fixture
 def voila_url(tmp_path):
-    nb = write_voila_app(tmp_path)
-    port = free_port()
-    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "jupyter"), PYTHONUNBUFFERED="1")
-    with serve(["voila", str(nb), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--template=offline",
-                "--show_tracebacks=True"], port, tmp_path, tmp_path / "voila.log", env):
-        yield f"http://127.0.0.1:{port}/"
+    with voila_app(tmp_path) as url: yield url
 
 
 def test_volume_viewer_slider_in_voila(voila_url, tmp_path):

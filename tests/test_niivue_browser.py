@@ -5,7 +5,6 @@ click on the marked block yields a location event and a landmark at the block's 
 to the CSV. No request may leave localhost. Skips when chromium, Voila or ipyniivue is missing."""
 import csv
 import io
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_browser import OFFLINE_TEMPLATE, find_chromium, free_port, serve, watch
+from test_browser import find_chromium, voila_app, watch
 
 pytest.importorskip("ipyniivue", reason="needs ipyniivue (pip install 'shape_nb[niivue]')")
 pytest.importorskip("voila", reason="needs Voila (a dev requirement: pip install -e '.[dev]')")
@@ -55,20 +54,9 @@ def webgl_page(viewport):
 
 @pytest.fixture
 def annotator_url(tmp_path):
-    import nbformat
     labels = tmp_path / "labels"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL.format(labels=str(labels)))])
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    nbformat.write(nb, tmp_path / "annotator.ipynb")
-    tpl = tmp_path / "jupyter" / "voila" / "templates" / "offline"
-    tpl.mkdir(parents=True)
-    (tpl / "index.html.j2").write_text(OFFLINE_TEMPLATE)
-    (tpl / "conf.json").write_text('{"base_template": "lab"}')
-    port = free_port()
-    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "jupyter"), PYTHONUNBUFFERED="1")
-    with serve(["voila", str(tmp_path / "annotator.ipynb"), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-                "--template=offline", "--show_tracebacks=True"], port, tmp_path, tmp_path / "voila.log", env):
-        yield f"http://127.0.0.1:{port}/", labels / "marked.csv"
+    with voila_app(tmp_path, CELL.format(labels=str(labels)), "annotator.ipynb") as url:
+        yield url, labels / "marked.csv"
 
 
 def pixels(png: bytes) -> np.ndarray:
