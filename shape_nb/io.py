@@ -28,9 +28,9 @@ from .core import InputError, MissingFileError, index_to_mm, index_to_norm, mm_t
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'MAX_VOXELS', 'LANDMARK_EXTENSIONS', 'shared_data_dir', 'Image', 'list_dicom_series',
            'read_dicom_series', 'read_image', 'write_image', 'natural_key', 'resize_image', 'read_images',
-           'stack_images', 'file_stem', 'read_labelme', 'write_labelme', 'read_pts', 'write_pts', 'TpsSpecimen',
-           'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv', 'read_particles', 'write_particles',
-           'check_landmarks', 'read_landmark_folder']
+           'stack_images', 'file_stem', 'select_labels', 'read_labelme', 'write_labelme', 'read_pts', 'write_pts',
+           'TpsSpecimen', 'read_tps', 'write_tps', 'read_landmarks_csv', 'write_landmarks_csv', 'read_particles',
+           'write_particles', 'check_landmarks', 'read_landmark_folder']
 
 # %% ../nbs/02_io.ipynb #dd95f931
 def _repo_root() -> Path | None:
@@ -898,6 +898,27 @@ def file_stem(path) -> str:
         if name.lower().endswith(ext): return name[: -len(ext)]
     return Path(name).stem
 
+# %% ../nbs/02_io.ipynb #466bbb16
+def select_labels(points,                       # (K, d) landmarks, one row per entry of `names`
+                  names: Sequence[str],         # the K labels, as the file names them
+                  labels: Sequence[str] | None, # the labels wanted, in this order; None: all of them, as they are
+                  where: str | os.PathLike,     # the file the points came from, for the error message
+                 ) -> tuple[np.ndarray, list[str]]:
+    "The points named `labels`, in that order, each named exactly once in `names`; else an `InputError` naming `where`."
+    names = [str(n) for n in names]
+    if labels is None: return points, names
+    labels = [str(l) for l in labels]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"labels lists {sorted({l for l in labels if labels.count(l) > 1})} more than once")
+    missing = [l for l in labels if l not in names]
+    dups = [f"{l!r} ({names.count(l)} times)" for l in labels if names.count(l) > 1]
+    if missing or dups:
+        msg = ([f"missing label(s) {', '.join(map(repr, missing))}"] if missing else []) + (
+               [f"duplicate label(s) {', '.join(dups)}"] if dups else [])
+        raise InputError(f"{where}: {'; '.join(msg)} among its {len(names)} points; "
+                         f"fix the annotation or leave the file out")
+    return points[[names.index(l) for l in labels]], labels
+
 # %% ../nbs/02_io.ipynb #bff3ced3
 def _read_text(p: Path, what: str) -> str:
     "The text of a landmark file (UTF-8, a leading byte-order mark dropped); binary data is an `InputError`."
@@ -936,18 +957,7 @@ def read_labelme(path: str | os.PathLike,            # LabelMe .json file
         pts.append([x, y]); names.append(str(s.get("label")))
     P = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
     if pixel_centers: P = P - 0.5
-    if labels is None: return P, names
-    labels = [str(l) for l in labels]
-    if len(set(labels)) != len(labels):
-        raise InputError(f"labels lists {sorted({l for l in labels if labels.count(l) > 1})} more than once")
-    missing = [l for l in labels if l not in names]
-    dups = [f"{l!r} ({names.count(l)} times)" for l in labels if names.count(l) > 1]
-    if missing or dups:
-        msg = ([f"missing label(s) {', '.join(map(repr, missing))}"] if missing else []) + (
-               [f"duplicate label(s) {', '.join(dups)}"] if dups else [])
-        raise InputError(f"{p}: {'; '.join(msg)} among its {len(names)} points; "
-                         f"fix the annotation or leave the file out")
-    return P[[names.index(l) for l in labels]], labels
+    return select_labels(P, names, labels, p)
 
 def write_labelme(path: str | os.PathLike,      # destination .json
                   points,                       # (K, 2) (x, y) pixel indices (or LabelMe units if pixel_centers=False)

@@ -10,7 +10,6 @@ import copy
 import json
 import math
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -24,7 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from .core import InputError, MissingFileError, as_images, as_points, check_shape, index_to_norm
 from .core import norm_to_index, patch, pixel_grid, seed_everything, to_numpy
 from .io import Image, _read_checked, check_landmarks, file_stem, read_image, read_labelme, resize_image
-from .io import read_landmarks_csv, stack_images, write_labelme, write_landmarks_csv
+from .io import read_landmarks_csv, select_labels, stack_images, write_labelme, write_landmarks_csv
 from .markups import MARKUPS_EXTENSIONS, markups_to_index, norm_to_markups, read_markups, write_markups
 from .data import Whitener
 from .shape import ShapePCA, apply_similarity, invert_similarity
@@ -680,20 +679,6 @@ def _label_files(ims, ldir: Path) -> list:
     return [_Points(fs[0], str(fs[0])) for fs in found]
 
 # %% ../nbs/30_semisup.ipynb #ec85925f
-def _pick(P, names, labels, where: str) -> tuple:
-    "The points named `labels`, in that order, each named exactly once in `names`; else an InputError naming `where`."
-    if labels is None: return P, list(names)
-    labels, count = [str(l) for l in labels], Counter(names)
-    if len(set(labels)) != len(labels):
-        raise InputError(f"labels lists {sorted(l for l, c in Counter(labels).items() if c > 1)} more than once")
-    missing = ", ".join(repr(l) for l in labels if count[l] == 0)
-    twice = ", ".join(f"{l!r} ({count[l]} times)" for l in labels if count[l] > 1)
-    if missing or twice:
-        found = "; ".join(m for m in (missing and f"missing label(s) {missing}",
-                                      twice and f"duplicate label(s) {twice}") if m)
-        raise InputError(f"{where}: {found} among its {len(names)} points; fix the annotation or leave the file out")
-    return P[[names.index(l) for l in labels]], labels
-
 def _read_points(src: _Points,     # where the landmarks are (`_label_files`)
                  image: Image,     # the geometry of the image file they belong to (`_geometry`)
                  labels=None,      # the labels to return, in order; None: all, as in the file
@@ -707,7 +692,7 @@ def _read_points(src: _Points,     # where the landmarks are (`_label_files`)
     else:
         P = src.rows if src.rows is not None else _csv_rows(src.path, [file_stem(image.path)], alone=True)[0].rows
         names = [str(k) for k in range(len(P))]          # a CSV names its landmarks by their number k
-    P, names = _pick(P, names, labels, src.where)
+    P, names = select_labels(P, names, labels, src.where)
     bad = [names[k] for k in np.flatnonzero(~np.isfinite(P).all(-1))]
     if bad: raise InputError(f"{src.where}: landmark(s) {bad[:5]} have NaN or Inf coordinates (not placed?); place "
                              f"them, or leave the file out")
