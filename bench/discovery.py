@@ -6,13 +6,14 @@
     python bench/discovery.py ct3d     [--size 64]  [--k 20] [--epochs 40]
     python bench/discovery.py phantoms --device cuda   # full size on a GPU (any experiment)
     python bench/discovery.py phantoms --quick --device cpu   # a smoke run (seconds)
-    python bench/discovery.py phantoms --budget paper [--n-train 56] [--threads 1]   # the paper's phantom budget
+    python bench/discovery.py phantoms --budget paper [--threads 1] [--seed S]   # the paper's phantom budget
 
-`--budget paper` (phantoms): 64 x 64, K = 26 + 4 fixed corners, lambda = 1e-4 on the *sum* over pixels of the
-squared whitened difference (the paper's convention; the per-pixel-mean equivalent is 1e-4 / 4096 = 2.44e-8),
-20 epochs over all ordered training pairs; held-out relative error ||I_T - I_R||^2 / ||I_T||^2 and per-pixel MSE
-of the [0, 1] images, before / after, beside the oracle (the true control points) and beside landmarks optimised
-per pair (what K landmarks and the TPS can reach at all). JSON: bench/results/discovery_paper_budget_<device>.json.
+`--budget paper` (phantoms): 64 x 64, 64 training phantoms (8 validation, 16 held out), K = 26 + 4 fixed corners,
+lambda = 1e-4 on the *sum* over pixels of the squared whitened difference (the paper's convention; the
+per-pixel-mean equivalent is 1e-4 / 4096 = 2.44e-8), 20 epochs over all ordered training pairs; held-out relative
+error ||I_T - I_R||^2 / ||I_T||^2 and per-pixel MSE of the [0, 1] images, before / after, beside the oracle (the
+true control points) and beside landmarks optimised per pair (what K landmarks and the TPS can reach at all).
+JSON: bench/results/discovery_paper_budget_<device>.json.
 
 Common options (bench/benchlib.py): --device auto|cpu|cuda, --threads, --quick (tiny smoke run), --out
 bench/results, --seed 0. Real data is read from ../shared/data (or $SHAPE_NB_DATA).
@@ -349,7 +350,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
     ap.add_argument("--size", type=int, default=None)
-    ap.add_argument("--n-train", type=int, default=256)
+    ap.add_argument("--n-train", type=int, default=None, help="default 256 (--budget paper: 64)")
     ap.add_argument("--n-test", type=int, default=None, help="default 32 (--budget paper: 16)")
     ap.add_argument("--n-val", type=int, default=8, help="--budget paper: validation phantoms (early stopping)")
     ap.add_argument("--budget", choices=["paper"], default=None,
@@ -374,6 +375,7 @@ def main():
     a.size = a.size or defaults[0]; a.k = a.k or defaults[1]
     a.epochs = a.epochs or (20 if a.budget else 40)
     a.n_test = a.n_test or (16 if a.budget else 32)
+    a.n_train = a.n_train or (64 if a.budget else 256)
     if a.quick:
         a.size = 16 if a.experiment == "ct3d" else 32
         a.n_train, a.n_test, a.epochs, a.pairs_per_epoch, a.k = 12, 4, 2, 16, min(a.k, 8)
