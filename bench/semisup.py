@@ -108,6 +108,17 @@ def errors(pred_norm, gt_half):
 
 
 
+def heatmap_mass(h, gt_half, radius=RADII[-1]):
+    "Mean distance (original px) of the test heatmaps' mass from the true landmark, and the share within `radius` px."
+    n, K, H, W = h.shape
+    g = norm_to_index(pixel_grid((H, W), dtype=torch.float64).reshape(-1, 2).numpy(), HALF) * TO_ORIGINAL   # (P, 2)
+    d = np.linalg.norm(g[None, None] - np.asarray(gt_half)[:, :, None] * TO_ORIGINAL, axis=-1)           # (n, K, P)
+    m = h.double().reshape(n, K, -1).numpy()
+    m = m / m.sum(-1, keepdims=True)
+    return dict(spread_px=float((m * d).sum(-1).mean()), within_px=radius,
+                share_within=float((m * (d <= radius)).sum(-1).mean()))
+
+
 def wilcoxon_vs(per_image_a, per_image_b):
     "Two-sided Wilcoxon signed-rank p-value of paired per-image MREs (None when scipy refuses)."
     from scipy.stats import wilcoxon
@@ -223,13 +234,14 @@ def run(a):
             p = det.predict(x[test])
             r = errors(p, gt[test])
             per_img = radial_errors(norm_to_index(p.double().numpy(), HALF), gt[test], TO_ORIGINAL).mean(1)
+            mass = heatmap_mass(det.predict_heatmaps(x[test]), gt[test])
             rec = dict(labels=L, variant=v, tag=a.tag, flags=VARIANTS[v], settings=settings, mre=r["mre"], sd=r["sd"],
                        sdr=r["sdr"], mre_per_landmark=r["mre_per_landmark"], per_image_mre=per_img.tolist(),
                        rounds=to_px(det.rounds_), unlabelled_final_mre=to_px(getattr(det, "unlabelled_mre_", None)),
                        seconds=secs,
                        pretrain_seconds=pre_secs, phase_seconds=phase_seconds(det, secs, pre_secs), device=where,
                        epochs={"pretrain": pre_epochs, **{k: e for k, e in epochs_run(det).items() if k != "pretrain"}},
-                       train_options=a.extra.get("train_options"))
+                       train_options=a.extra.get("train_options"), test_heatmaps=mass)
             bl.write_results(a, a.dev, {"runs": {f"{L}/{v}{a.tag}": rec}}, merge=True)
             print(f"  {v + a.tag:<11s} test MRE {r['mre']:.1f} ({r['sd']:.1f})  SDR@20/25/30/40 px "
                   + " ".join(f"{100 * r['sdr'][k]:.1f}" for k in r["sdr"]) + f"  [{secs:.0f} s]")
